@@ -1,0 +1,187 @@
+"""A tiny graph interpreter: the one runtime for every converted model file.
+
+Model files arrive in three foreign formats (ONNX, TFLite, TF.js). `lowkey weights fetch` converts
+each, once, into the same plain form, a *graph checkpoint*:
+
+    {"format": "lowkey-graph/1",
+     "input": "x",                      # name of the graph input (NCHW float tensor)
+     "output": "y",                     # name of the value returned
+     "nodes": [{"op": "conv2d", "inputs": ["x", "w0", "b0"], "output": "t1", "attrs": {...}}, ...],
+     "tensors": {"w0": Tensor, ...}}    # constants: weights, biases, slopes, shapes
+
+`GraphNet` runs such a checkpoint with `torch.nn.functional`, so loading needs no converter library,
+is fast, and is differentiable with respect to the input. Layout is always NCHW; converters from
+NHWC formats transpose their weights. Every op keeps the batch dimension free, so a face embeds the
+same alone or inside a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+GRAPH_FORMAT = "lowkey-graph/1"
+
+
+def _pad_then(x: Tensor, padding: list[int] | None, value: float = 0.0) -> Tensor:
+    """Apply explicit (top, bottom, left, right) padding, as TF 'SAME' needs asymmetric pads."""
+    if not padding or not any(padding):
+        return x
+    top, bottom, left, right = padding
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+def _conv2d(x, weight, bias=None, *, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    return F.conv2d(_pad_then(x, list(padding)), weight, bias, tuple(stride), 0, tuple(dilation), groups)
+
+
+def _max_pool2d(x, *, kernel=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), ceil_mode=False):
+    return F.max_pool2d(_pad_then(x, list(padding), float("-inf")), tuple(kernel), tuple(stride), 0,
+                        ceil_mode=ceil_mode)
+
+
+def _avg_pool2d(x, *, kernel=(2, 2), stride=(2, 2), padding=(0, 0, 0, 0), ceil_mode=False):
+    # count_include_pad=False matches TF's 'SAME' average pooling at the borders.
+    if padding and any(padding):
+        top, bottom, left, right = padding
+        if top == bottom and left == right:
+            return F.avg_pool2d(x, tuple(kernel), tuple(stride), (top, left), ceil_mode=ceil_mode,
+                                count_include_pad=False)
+    return F.avg_pool2d(x, tuple(kernel), tuple(stride), 0, ceil_mode=ceil_mode)
+
+
+def _channel_affine(x, scale, shift):
+    """Per-channel x*scale + shift on NCHW (a folded batch norm)."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return x * scale.reshape(shape) + shift.reshape(shape)
+
+
+def _prelu(x, slope):
+    """PReLU with a per-channel slope (any shape holding C values) on NCHW or NC."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    slope = slope.reshape(shape)
+    return torch.where(x >= 0, x, x * slope)
+
+
+def _reshape(x, *, shape):
+    """Reshape keeping the batch dimension: `shape` excludes it."""
+    return x.reshape((x.shape[0], *shape))
+
+
+def _linear(x, weight, bias=None):
+    return F.linear(x.flatten(1) if x.dim() > 2 else x, weight, bias)
+
+
+#: op name -> function(*input_tensors, **attrs). Inputs are looked up by name among graph values
+#: and constants; attrs are plain JSON-able values.
+OPS: dict[str, Callable[..., Tensor]] = {
+    "conv2d": _conv2d,
+    "conv_transpose2d": lambda x, w, b=None, *, stride=(1, 1), padding=(0, 0): F.conv_transpose2d(
+        x, w, b, tuple(stride), tuple(padding)),
+    "linear": _linear,
+    "matmul": torch.matmul,
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+    "neg": torch.neg,
+    "sqrt": torch.sqrt,
+    "rsqrt": torch.rsqrt,
+    "exp": torch.exp,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "clip": lambda x, *, min=None, max=None: torch.clamp(x, min, max),
+    "leaky_relu": lambda x, *, slope=0.01: F.leaky_relu(x, slope),
+    "prelu": _prelu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softmax": lambda x, *, dim=-1: F.softmax(x, dim),
+    "channel_affine": _channel_affine,
+    "max_pool2d": _max_pool2d,
+    "avg_pool2d": _avg_pool2d,
+    "mean": lambda x, *, dims, keepdim=False: x.mean(dim=tuple(dims), keepdim=keepdim),
+    "sum": lambda x, *, dims, keepdim=False: x.sum(dim=tuple(dims), keepdim=keepdim),
+    "flatten": lambda x, *, start_dim=1: x.flatten(start_dim),
+    "reshape": _reshape,
+    "permute": lambda x, *, dims: x.permute(*dims),
+    "concat": lambda *xs, dim=1: torch.cat(xs, dim),
+    "pad": lambda x, *, padding, value=0.0: _pad_then(x, list(padding), value),
+    "l2_normalize": lambda x, *, dim=1, eps=1e-12: F.normalize(x, dim=dim, eps=eps),
+    "identity": lambda x: x,
+}
+
+
+def _buffer_name(name: str) -> str:
+    """Constant names from foreign graphs hold '/', ':' and '.', which nn.Module names may not."""
+    return "c_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+class GraphNet(nn.Module):
+    """Runs a graph checkpoint (see module docstring). Input and output are whatever the source
+    model takes and gives, in NCHW layout; preprocessing belongs to the caller (`Recognizer`)."""
+
+    def __init__(self, checkpoint: dict[str, Any]):
+        super().__init__()
+        if checkpoint.get("format") != GRAPH_FORMAT:
+            raise ValueError(f"not a {GRAPH_FORMAT} checkpoint: format={checkpoint.get('format')!r}")
+        self.input_name: str = checkpoint["input"]
+        self.output_name: str = checkpoint["output"]
+        self.nodes: list[dict[str, Any]] = list(checkpoint["nodes"])
+        unknown = sorted({n["op"] for n in self.nodes} - OPS.keys())
+        if unknown:
+            raise ValueError(f"graph uses ops this runtime lacks: {unknown}")
+        self._constant_buffers: dict[str, str] = {}
+        for name, tensor in checkpoint["tensors"].items():
+            buffer = _buffer_name(name)
+            self.register_buffer(buffer, torch.as_tensor(tensor).clone())
+            self._constant_buffers[name] = buffer
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GraphNet":
+        return cls(torch.load(path, map_location="cpu", weights_only=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        values: dict[str, Tensor] = {self.input_name: x}
+        for node in self.nodes:
+            args = [values[name] if name in values else getattr(self, self._constant_buffers[name])
+                    for name in node["inputs"]]
+            values[node["output"]] = OPS[node["op"]](*args, **node.get("attrs", {}))
+        return values[self.output_name]
+
+
+class GraphBuilder:
+    """Helper for converters: collects nodes and constants into a graph checkpoint."""
+
+    def __init__(self, input_name: str = "input"):
+        self.input_name = input_name
+        self.nodes: list[dict[str, Any]] = []
+        self.tensors: dict[str, Tensor] = {}
+        self._counter = 0
+
+    def const(self, tensor: Tensor, hint: str = "const") -> str:
+        self._counter += 1
+        name = f"{hint}#{self._counter}"
+        self.tensors[name] = torch.as_tensor(tensor).detach().float().contiguous().clone()
+        return name
+
+    def add(self, op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}")
+        if output is None:
+            self._counter += 1
+            output = f"{op}#{self._counter}"
+        self.nodes.append({"op": op, "inputs": list(inputs), "output": output, "attrs": attrs})
+        return output
+
+    def checkpoint(self, output: str, **meta: Any) -> dict[str, Any]:
+        used = {name for node in self.nodes for name in node["inputs"]}
+        return {"format": GRAPH_FORMAT, "input": self.input_name, "output": output,
+                "nodes": self.nodes, "tensors": {k: v for k, v in self.tensors.items() if k in used},
+                "meta": meta}

@@ -1,0 +1,119 @@
+"""The recognizer zoo: face-embedding models behind one interface.
+
+Every recognizer takes aligned faces as RGB pixels in [0, 1], NCHW, at its own input size, and
+returns unit-length embeddings (N, D). What differs between models (template, input size, colour
+order, normalisation, embedding size) lives in its `RecognizerSpec`; the weights are converted
+checkpoints under weights/ (see weights/manifest.toml), run by `GraphNet`.
+
+    rec = load_recognizer("mfn-expo")                    # loaded once, cached, eval(), no grad on weights
+    faces = rec.align(images, landmarks)                 # (N, 3, 112, 112), differentiable in images
+    emb = rec(faces)                                     # (N, 192), unit vectors
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .align import ARCFACE_TEMPLATE_112, scaled_template, similarity_transform, warp_faces
+from .graphnet import GraphNet
+from .paths import require_converted
+
+#: dlib's 150x150 face chip (padding 0.25) expressed as MTCNN's 5 points: the eye centres, nose
+#: tip and mouth corners of dlib's mean face shape as dlib's get_face_chip_details places it.
+DLIB_CHIP_TEMPLATE_150 = (
+    (51.0, 59.0),
+    (99.0, 59.0),
+    (75.0, 86.5),
+    (55.0, 109.0),
+    (95.0, 109.0),
+)
+
+
+@dataclass(frozen=True)
+class RecognizerSpec:
+    """What a recognizer expects. Pixels reach the network as (x * 255 - mean) / std per channel,
+    x in [0, 1], in `channel_order`."""
+
+    id: str
+    input_size: int                                   # square side, pixels
+    template: tuple[tuple[float, float], ...]        # 5 landmarks in input pixels
+    embedding_dim: int
+    channel_order: str = "RGB"                        # "RGB" or "BGR"
+    mean: float = 127.5
+    std: float = 128.0
+    layout: str = "NCHW"                              # layout the converted graph takes
+    held_out: bool = False                            # never attacked; used to measure transfer
+    in_default_ensemble: bool = False
+
+
+SPECS: dict[str, RecognizerSpec] = {
+    spec.id: spec for spec in (
+        RecognizerSpec("mfn-faceplugin", 112, ARCFACE_TEMPLATE_112, 512, channel_order="BGR",
+                       mean=127.0, std=128.0, in_default_ensemble=True),
+        RecognizerSpec("mfn-expo", 112, ARCFACE_TEMPLATE_112, 192, in_default_ensemble=True),
+        RecognizerSpec("hse-faceres", 224, scaled_template(ARCFACE_TEMPLATE_112, 2.0), 1024,
+                       mean=0.0, std=1.0),
+        RecognizerSpec("hse-faceres-deep", 224, scaled_template(ARCFACE_TEMPLATE_112, 2.0), 1024,
+                       mean=0.0, std=1.0),
+        RecognizerSpec("dlib-resnet", 150, DLIB_CHIP_TEMPLATE_150, 128, mean=0.0, std=255.0,
+                       held_out=True),
+    )
+}
+
+DEFAULT_ENSEMBLE: tuple[str, ...] = tuple(s.id for s in SPECS.values() if s.in_default_ensemble)
+
+
+class Recognizer(nn.Module):
+    """A face-embedding model: aligned RGB in [0, 1] (N, 3, S, S) -> unit embeddings (N, D)."""
+
+    def __init__(self, spec: RecognizerSpec, net: nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.net = net
+        self.register_buffer("_template", torch.tensor(spec.template, dtype=torch.float32), persistent=False)
+
+    def preprocess(self, faces: Tensor) -> Tensor:
+        x = faces * 255.0
+        if self.spec.channel_order == "BGR":
+            x = x.flip(1)
+        return (x - self.spec.mean) / self.spec.std
+
+    def forward(self, faces: Tensor) -> Tensor:
+        size = self.spec.input_size
+        if faces.shape[-2:] != (size, size):
+            raise ValueError(f"{self.spec.id} takes {size}x{size} faces, got {tuple(faces.shape[-2:])}")
+        out = self.net(self.preprocess(faces))
+        return F.normalize(out.flatten(1).float(), dim=1)
+
+    def alignment_matrices(self, landmarks: Tensor) -> Tensor:
+        """(N, 5, 2) landmarks in source pixels -> (N, 2, 3) source-to-input-pixel transforms."""
+        return similarity_transform(landmarks, self._template.to(landmarks.device))
+
+    def align(self, images: Tensor, landmarks: Tensor) -> Tensor:
+        """Aligned faces (N, 3, S, S) from images (N, 3, H, W) in [0, 1] and their (N, 5, 2)
+        landmarks; differentiable with respect to `images`."""
+        return warp_faces(images, self.alignment_matrices(landmarks), self.spec.input_size)
+
+
+_CACHE: dict[tuple[str, str], Recognizer] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_recognizer(model_id: str, device: str | torch.device = "cpu") -> Recognizer:
+    """The recognizer `model_id`, loaded once per device and cached. Raises MissingWeightsError
+    (naming the fetch command) when its converted file is absent, KeyError for an unknown id."""
+    if model_id not in SPECS:
+        raise KeyError(f"unknown recognizer {model_id!r}; known: {', '.join(SPECS)}")
+    key = (model_id, str(torch.device(device)))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            net = GraphNet.load(require_converted(model_id))
+            model = Recognizer(SPECS[model_id], net).to(device).eval()
+            model.requires_grad_(False)
+            _CACHE[key] = model
+        return _CACHE[key]

