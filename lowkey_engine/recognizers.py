@@ -36,15 +36,15 @@ DLIB_CHIP_TEMPLATE_150 = (
 
 @dataclass(frozen=True)
 class RecognizerSpec:
-    """What a recognizer expects. Pixels reach the network as (x * 255 - mean) / std per channel,
-    x in [0, 1], in `channel_order`."""
+    """What a recognizer expects. Pixels reach the network as (x * 255 - mean) / std, x in [0, 1],
+    channels in `channel_order`; `mean` is one value or one per channel (in `channel_order`)."""
 
     id: str
     input_size: int                                   # square side, pixels
     template: tuple[tuple[float, float], ...]        # 5 landmarks in input pixels
     embedding_dim: int
     channel_order: str = "RGB"                        # "RGB" or "BGR"
-    mean: float = 127.5
+    mean: float | tuple[float, float, float] = 127.5
     std: float = 128.0
     layout: str = "NCHW"                              # layout the converted graph takes
     held_out: bool = False                            # never attacked; used to measure transfer
@@ -76,12 +76,14 @@ class Recognizer(nn.Module):
         self.spec = spec
         self.net = net
         self.register_buffer("_template", torch.tensor(spec.template, dtype=torch.float32), persistent=False)
+        self.register_buffer("_mean", torch.tensor(spec.mean, dtype=torch.float32).reshape(1, -1, 1, 1),
+                             persistent=False)
 
     def preprocess(self, faces: Tensor) -> Tensor:
         x = faces * 255.0
         if self.spec.channel_order == "BGR":
             x = x.flip(1)
-        return (x - self.spec.mean) / self.spec.std
+        return (x - self._mean) / self.spec.std
 
     def forward(self, faces: Tensor) -> Tensor:
         size = self.spec.input_size
@@ -98,6 +100,11 @@ class Recognizer(nn.Module):
         """Aligned faces (N, 3, S, S) from images (N, 3, H, W) in [0, 1] and their (N, 5, 2)
         landmarks; differentiable with respect to `images`."""
         return warp_faces(images, self.alignment_matrices(landmarks), self.spec.input_size)
+
+    def embed(self, images: Tensor, landmarks: Tensor) -> Tensor:
+        """Unit embeddings (N, D) of the faces at `landmarks` (N, 5, 2) in `images` (N, 3, H, W),
+        pixels in [0, 1]: align, then embed."""
+        return self(self.align(images, landmarks))
 
 
 _CACHE: dict[tuple[str, str], Recognizer] = {}

@@ -1,0 +1,50 @@
+"""Labelled photo folders (`<root>/<identity>/<photo>`) for evaluation, tests and benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+
+
+@dataclass(frozen=True)
+class LabelledPhoto:
+    identity: str
+    path: Path
+
+
+def labelled_photos(root: str | Path, *, min_per_identity: int = 1, max_per_identity: int | None = None,
+                    max_identities: int | None = None) -> list[LabelledPhoto]:
+    """Photos under `root/<identity>/`, identities and files in sorted (repeatable) order.
+
+    Identities with fewer than `min_per_identity` photos are skipped; at most `max_per_identity`
+    photos are taken from each, and at most `max_identities` identities in all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no photo folder at {root}")
+    chosen: list[LabelledPhoto] = []
+    identities = 0
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        if len(photos) < min_per_identity:
+            continue
+        chosen += [LabelledPhoto(folder.name, p) for p in photos[:max_per_identity]]
+        identities += 1
+        if max_identities is not None and identities >= max_identities:
+            break
+    return chosen
+
+
+def most_central(faces: list, width: int, height: int):
+    """The face whose box centre is nearest the photo's centre (the subject of a cropped portrait,
+    as in LFW), or None. `faces` are records with a `box` (x1, y1, x2, y2) in pixels."""
+    if not faces:
+        return None
+
+    def distance(face) -> float:
+        x1, y1, x2, y2 = (float(v) for v in face.box)
+        return ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
+
+    return min(faces, key=distance)
