@@ -92,6 +92,7 @@ OPS: dict[str, Callable[..., Tensor]] = {
     "maximum": torch.maximum,
     "minimum": torch.minimum,
     "neg": torch.neg,
+    "abs": torch.abs,
     "sqrt": torch.sqrt,
     "rsqrt": torch.rsqrt,
     "exp": torch.exp,
