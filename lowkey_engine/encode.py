@@ -1,0 +1,122 @@
+"""Encode stage: protected pixels -> file bytes in the source's format, without its metadata.
+
+Format out = format in: JPEG stays JPEG (quality 95, 4:4:4 chroma at quality >= 90), PNG stays PNG
+(alpha kept, bit-exact), WebP stays WebP (lossless when the source was, else quality 95). Same
+pixel size. Orientation is baked into the pixels by decode, so no Orientation tag is written.
+Metadata written: the ICC colour profile and the DPI (where the format stores one) only; no EXIF,
+XMP, IPTC, comments or text chunks, so GPS positions, camera/lens serial numbers, maker notes,
+thumbnails and user names never reach the output. Greyscale sources come back greyscale when the
+pixels still are (16-bit greyscale PNGs as 16-bit).
+
+`strip_metadata_only` is for photos the engine leaves unchanged (no face): it rewrites the source
+file's segments/chunks without metadata instead of re-encoding (`image_containers.
+strip_metadata`), so pixels stay bit-identical for JPEG as well as PNG and WebP, at no quality
+cost. The one tag it keeps is Orientation (1-8), since those pixels are stored as they came.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import image_containers
+from .decode import DecodedImage
+
+DEFAULT_JPEG_QUALITY = 95
+DEFAULT_WEBP_QUALITY = 95
+#: From this JPEG quality up, chroma is stored at full resolution (4:4:4); below, 4:2:0.
+FULL_CHROMA_MIN_QUALITY = 90
+_PILLOW_SUBSAMPLING_444, _PILLOW_SUBSAMPLING_420 = 0, 2
+_FORMATS_WITH_ALPHA = frozenset({"PNG", "WEBP"})
+_FORMATS_WITH_DPI = frozenset({"JPEG", "PNG"})
+_LEVELS_8BIT = 255
+_LEVELS_16BIT = 65535
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An encoded file: its bytes, MIME type and Pillow format name ("JPEG", "PNG", "WEBP")."""
+
+    data: bytes
+    mime: str
+    format: str
+
+
+def encode_image(pixels: torch.Tensor, decoded: DecodedImage, *,
+                 jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                 webp_quality: int = DEFAULT_WEBP_QUALITY) -> EncodedImage:
+    """Encode (3, H, W) RGB pixels in [0, 1] (values outside are clipped) in `decoded`'s format,
+    with `decoded`'s alpha, ICC profile and DPI. H, W must match `decoded.pixels`."""
+    image = _to_pil(_checked_pixels(pixels, decoded), decoded)
+    buffer = io.BytesIO()
+    image.save(buffer, decoded.format, **_save_options(decoded, jpeg_quality, webp_quality))
+    return EncodedImage(buffer.getvalue(), decoded.mime, decoded.format)
+
+
+def strip_metadata_only(decoded: DecodedImage) -> EncodedImage:
+    """The source file without its metadata, pixels bit-identical (see module docstring). For a
+    PIL image decoded without source bytes, falls back to `encode_image` of its own pixels
+    (lossless for PNG/lossless WebP)."""
+    if decoded.source_bytes is None:
+        return encode_image(decoded.pixels, decoded)
+    data = image_containers.strip_metadata(decoded.source_bytes, decoded.format,
+                                           decoded.orientation)
+    return EncodedImage(data, decoded.mime, decoded.format)
+
+
+def _checked_pixels(pixels: torch.Tensor, decoded: DecodedImage) -> torch.Tensor:
+    pixels = pixels.detach().to("cpu", torch.float32)
+    if pixels.shape != decoded.pixels.shape:
+        raise ValueError(f"pixels have shape {tuple(pixels.shape)}, the decoded image "
+                         f"{tuple(decoded.pixels.shape)}: encode keeps the pixel size")
+    if not torch.isfinite(pixels).all():
+        raise ValueError("pixels contain NaN or infinity")
+    return pixels
+
+
+def _quantise(channels: torch.Tensor, levels: int) -> np.ndarray:
+    """(C, H, W) floats in [0, 1] -> (H, W, C) integers 0..levels, round to nearest."""
+    dtype = np.uint8 if levels <= _LEVELS_8BIT else np.uint16
+    rounded = torch.round(channels.clamp(0.0, 1.0) * levels)
+    return rounded.permute(1, 2, 0).numpy().astype(dtype)
+
+
+def _channels_equal(rgb: np.ndarray) -> bool:
+    return bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all())
+
+
+def _to_pil(pixels: torch.Tensor, decoded: DecodedImage) -> Image.Image:
+    alpha = decoded.alpha if decoded.format in _FORMATS_WITH_ALPHA else None
+    if decoded.bits_per_channel > 8 and decoded.format == "PNG" and alpha is None:
+        rgb16 = _quantise(pixels, _LEVELS_16BIT)
+        if decoded.is_greyscale and _channels_equal(rgb16):
+            return Image.fromarray(rgb16[:, :, 0])  # uint16 (H, W) -> mode I;16
+    rgb = _quantise(pixels, _LEVELS_8BIT)
+    channels = rgb[:, :, :1] if decoded.is_greyscale and _channels_equal(rgb) else rgb
+    if alpha is not None:
+        channels = np.concatenate([channels, _quantise(alpha, _LEVELS_8BIT)], axis=2)
+    if channels.shape[2] == 1:
+        channels = channels[:, :, 0]  # (H, W) -> mode L
+    return Image.fromarray(np.ascontiguousarray(channels))
+
+
+def _save_options(decoded: DecodedImage, jpeg_quality: int, webp_quality: int) -> dict:
+    options: dict = {}
+    if decoded.icc_profile:
+        options["icc_profile"] = decoded.icc_profile
+    if decoded.dpi and decoded.format in _FORMATS_WITH_DPI:
+        options["dpi"] = decoded.dpi
+    if decoded.format == "JPEG":
+        full_chroma = jpeg_quality >= FULL_CHROMA_MIN_QUALITY
+        subsampling = _PILLOW_SUBSAMPLING_444 if full_chroma else _PILLOW_SUBSAMPLING_420
+        options.update(quality=jpeg_quality, optimize=True, subsampling=subsampling)
+    elif decoded.format == "WEBP":
+        if decoded.lossless:
+            options.update(lossless=True, exact=True)  # exact: keep colour under transparent pixels
+        else:
+            options.update(quality=webp_quality)
+    return options
