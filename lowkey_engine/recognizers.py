@@ -3,7 +3,7 @@
 Every recognizer takes aligned faces as RGB pixels in [0, 1], NCHW, at its own input size, and
 returns unit-length embeddings (N, D). What differs between models (template, input size, colour
 order, normalisation, embedding size) lives in its `RecognizerSpec`; the weights are converted
-checkpoints under weights/ (see weights/manifest.toml), run by `GraphNet`.
+checkpoints under weights/ (see weights/manifest.toml), built by `nets.load_net`.
 
     rec = load_recognizer("mfn-expo")                    # loaded once, cached, eval(), no grad on weights
     faces = rec.align(images, landmarks)                 # (N, 3, 112, 112), differentiable in images
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .align import ARCFACE_TEMPLATE_112, scaled_template, similarity_transform, warp_faces
-from .graphnet import GraphNet
+from .nets import load_net
 from .paths import require_converted
 
 #: dlib's 150x150 face chip (padding 0.25) expressed as MTCNN's 5 points: the eye centres, nose
@@ -62,6 +62,9 @@ SPECS: dict[str, RecognizerSpec] = {
                        mean=0.0, std=1.0),
         RecognizerSpec("dlib-resnet", 150, DLIB_CHIP_TEMPLATE_150, 128, mean=0.0, std=255.0,
                        held_out=True),
+        # facenet-pytorch (upstream weights only): fixed standardisation = the default mean/std.
+        RecognizerSpec("facenet-vggface2", 160, scaled_template(ARCFACE_TEMPLATE_112, 160 / 112), 512),
+        RecognizerSpec("facenet-casia", 160, scaled_template(ARCFACE_TEMPLATE_112, 160 / 112), 512),
     )
 }
 
@@ -119,7 +122,7 @@ def load_recognizer(model_id: str, device: str | torch.device = "cpu") -> Recogn
     key = (model_id, str(torch.device(device)))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            net = GraphNet.load(require_converted(model_id))
+            net = load_net(require_converted(model_id))
             model = Recognizer(SPECS[model_id], net).to(device).eval()
             model.requires_grad_(False)
             _CACHE[key] = model

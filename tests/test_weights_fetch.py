@@ -10,12 +10,14 @@ import zipfile
 
 import pytest
 
-from lowkey_weights.fetch import FetchError, _read_member, fetch_one, is_fetched
-from lowkey_weights.manifest import ModelEntry, SourceFile, load_manifest
+from lowkey_weights.fetch import RECORDED_DIGEST_SUFFIX, FetchError, _read_member, fetch_one, is_fetched
+from lowkey_weights.manifest import (VERIFY_RECORD_ON_FIRST_FETCH, VERIFY_SHA256, ModelEntry, SourceFile,
+                                     load_manifest)
 
 
-def entry_for(path, sha256, converter="copy", output="sample"):
-    source = SourceFile(name=path.name, source=f"url:{path.as_uri()}", path=path.name, sha256=sha256)
+def entry_for(path, sha256, converter="copy", output="sample", verify=VERIFY_SHA256):
+    source = SourceFile(name=path.name, source=f"url:{path.as_uri()}", path=path.name, sha256=sha256,
+                        verify=verify)
     return ModelEntry(id="test-model", role="sample", description="", licence="", converter=converter,
                       files=(source,), output=output)
 
@@ -60,6 +62,38 @@ def test_failed_conversion_leaves_no_output_and_a_retry_reuses_the_download(tmp_
     assert (out / "model.bin").exists()
 
 
+def test_unpublished_digest_is_recorded_on_first_fetch_and_held_to_afterwards(tmp_path, source):
+    path, digest = source
+    root = tmp_path / "weights"
+    entry = entry_for(path, "", verify=VERIFY_RECORD_ON_FIRST_FETCH)
+    messages = []
+    fetch_one(entry, root, log=messages.append)
+    recorded = root / "cache" / "url" / (path.name + RECORDED_DIGEST_SUFFIX)
+    assert recorded.read_text().strip() == digest
+    assert any(digest in m for m in messages)           # shown, so it can be pinned in the manifest
+    # Upstream changes the file; a later download of it (cache cleared) is refused.
+    path.write_bytes(b"tampered" * 100)
+    (root / "cache" / "url" / path.name).unlink()
+    with pytest.raises(FetchError, match="checksum mismatch.*recorded at first fetch"):
+        fetch_one(entry, root, force=True, log=lambda _: None)
+
+
+@pytest.mark.parametrize("source_line, problem", [
+    ('source = "url:https://example.org/m.pt", path = "m.pt", sha256 = "", verify = "sometimes"',
+     "unknown verify mode"),
+    ('source = "pypi:pkg==1.0", path = "pkg/m.pt", sha256 = "", verify = "record-on-first-fetch"',
+     "only for url sources"),
+    ('source = "url:https://example.org/m.pt", path = "m.pt", sha256 = "' + "ab" * 32
+     + '", verify = "record-on-first-fetch"', "only for url sources"),
+])
+def test_manifest_refuses_misused_verify_modes(tmp_path, source_line, problem):
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text('[[model]]\nid = "m"\nrole = "sample"\ndescription = ""\nlicence = "MIT"\n'
+                        f'converter = "copy"\nfiles = [ {{ name = "m", {source_line} }} ]\n')
+    with pytest.raises(ValueError, match=problem):
+        load_manifest(manifest)
+
+
 def test_members_are_read_from_wheels_tarballs_and_sdists(tmp_path):
     wheel = tmp_path / "pkg.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -82,4 +116,5 @@ def test_manifest_entries_are_complete():
     for entry in manifest.values():
         assert entry.licence and entry.converter and entry.files
         for f in entry.files:
-            assert len(f.sha256) == 64 or (entry.needs_internet and len(f.sha256) >= 8)
+            unpublished = f.verify == VERIFY_RECORD_ON_FIRST_FETCH
+            assert len(f.sha256) == 64 or (entry.needs_internet and (len(f.sha256) >= 8 or unpublished))

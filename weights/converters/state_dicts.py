@@ -1,0 +1,28 @@
+"""Helpers for converters whose input is a PyTorch state dict: read it, check it against a model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The state dict saved at `path` (tensors by name), loaded on the CPU without running pickled
+    code; ValueError if the file holds something else."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{Path(path).name} is not a state dict of tensors")
+    return dict(state)
+
+
+def load_checked(module: nn.Module, state: Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
+    """Load `state` into `module`, requiring exactly its keys and shapes, and return the module's
+    own state dict (complete, in its key order). ValueError naming `what` and every mismatch."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{what} does not fit {type(module).__name__}: {exc}") from exc
+    return module.state_dict()
