@@ -62,10 +62,11 @@ def _channel_affine(x, scale, shift):
 
 
 def _prelu(x, slope):
-    """PReLU with a per-channel slope (any shape holding C values) on NCHW or NC."""
+    """PReLU with a per-channel slope (any shape holding C values, or one value) on NCHW or NC."""
+    if slope.numel() in (1, x.shape[1]):
+        return F.prelu(x, slope.flatten())
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    slope = slope.reshape(shape)
-    return torch.where(x >= 0, x, x * slope)
+    return torch.where(x >= 0, x, x * slope.reshape(shape))
 
 
 def _reshape(x, *, shape):
