@@ -2,7 +2,8 @@
 
 Landmarks are the 5 points MTCNN gives, in this order: left eye, right eye (as seen in the image,
 i.e. the eye with the smaller x first), nose tip, left mouth corner, right mouth corner; (x, y) in
-pixels of the image they were found on.
+pixels of the image they were found on, in continuous coordinates as the detector reports them:
+(0, 0) is the top-left corner of the top-left pixel, whose centre is (0.5, 0.5).
 
 `similarity_transform` fits scale+rotation+translation from landmarks to a recognizer's template
 (Umeyama, least squares). `warp_faces` samples the aligned faces with `affine_grid`/`grid_sample`,
@@ -15,14 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: ArcFace's 5-point template for a 112x112 crop, (x, y) pixels. Used by most modern recognizers.
-ARCFACE_TEMPLATE_112 = (
+#: Offset from pixel-index coordinates (OpenCV's: pixel centres at integers) to continuous ones.
+PIXEL_CENTRE = 0.5
+
+#: ArcFace's 5-point template for a 112x112 crop, published in pixel-index coordinates; here in
+#: continuous ones. Used by most modern recognizers.
+ARCFACE_TEMPLATE_112 = tuple((x + PIXEL_CENTRE, y + PIXEL_CENTRE) for x, y in (
     (38.2946, 51.6963),
     (73.5318, 51.5014),
     (56.0252, 71.7366),
     (41.5493, 92.3655),
     (70.7299, 92.2041),
-)
+))
 
 
 def scaled_template(template: tuple[tuple[float, float], ...], factor: float,
@@ -57,8 +62,8 @@ def warp_faces(images: Tensor, matrices: Tensor, size: int | tuple[int, int]) ->
     """Sample aligned faces from images.
 
     images:   (N, C, H, W) float, any range (pixels in [0, 1] by convention), one source per face.
-    matrices: (N, 2, 3) maps source pixel coordinates (x, y) to output pixel coordinates, as
-              returned by `similarity_transform(landmarks, template)`.
+    matrices: (N, 2, 3) maps source coordinates (x, y) to output coordinates (both continuous),
+              as returned by `similarity_transform(landmarks, template)`.
     size:     output side (square) or (height, width).
     Returns (N, C, h, w), bilinear, zeros outside the source. Differentiable in `images`.
     """
@@ -69,12 +74,13 @@ def warp_faces(images: Tensor, matrices: Tensor, size: int | tuple[int, int]) ->
     linear, shift = matrices[:, :, :2], matrices[:, :, 2:]
     inv_linear = torch.linalg.inv(linear)
     inv = torch.cat([inv_linear, -inv_linear @ shift], dim=-1)
-    # Normalised coordinates (align_corners=False): u = (2x + 1) / W - 1  <=>  x = ((u + 1) W - 1) / 2
+    # grid_sample's normalised coordinates (align_corners=False) are continuous ones rescaled:
+    # u = 2x / W - 1  <=>  x = (u + 1) W / 2
     def to_norm(w: int, h: int) -> Tensor:
-        return images.new_tensor([[2.0 / w, 0, 1.0 / w - 1], [0, 2.0 / h, 1.0 / h - 1], [0, 0, 1]])
+        return images.new_tensor([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]])
 
     def from_norm(w: int, h: int) -> Tensor:
-        return images.new_tensor([[w / 2.0, 0, (w - 1) / 2.0], [0, h / 2.0, (h - 1) / 2.0], [0, 0, 1]])
+        return images.new_tensor([[w / 2.0, 0, w / 2.0], [0, h / 2.0, h / 2.0], [0, 0, 1]])
 
     inv3 = torch.cat([inv, images.new_tensor([0, 0, 1]).expand(n, 1, 3)], dim=1)
     theta = (to_norm(in_w, in_h) @ inv3 @ from_norm(out_w, out_h))[:, :2]

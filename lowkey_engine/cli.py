@@ -1,15 +1,23 @@
 """`lowkey`: the engine's command line.
 
+    lowkey protect PATH... [-o OUT | --out-dir DIR] [--preset P] [--device D]
     lowkey weights list                 what model files exist, where from, fetched or not
     lowkey weights fetch [IDS] [--force]
-    lowkey detect PHOTO...              faces found, with boxes and landmarks
+    lowkey detect PHOTO...              faces found, with boxes
+    lowkey eval FOLDER [--preset P...] [--limit N] [--real-dlib]   identification accuracy, clean vs protected
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+#: Suffix added to a protected photo's name when it is written beside its original.
+PROTECTED_SUFFIX = ".lowkey"
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
 
 def _weights_list(args: argparse.Namespace) -> int:
@@ -68,9 +76,115 @@ def _detect(args: argparse.Namespace) -> int:
     return status
 
 
+def _inputs(paths: list[str]) -> Iterator[tuple[Path, Path]]:
+    """(photo, the folder it was found under or its own parent) for files and folders, recursively."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for photo in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+                                and not p.stem.endswith(PROTECTED_SUFFIX)):
+                yield photo, path
+        else:
+            yield path, path.parent
+
+
+def _output_path(photo: Path, base: Path, fmt: str, args: argparse.Namespace) -> Path:
+    """Where the protected copy of `photo` goes; its extension follows the output format `fmt`
+    (the input's suffix when not known yet)."""
+    extension = EXTENSIONS.get(fmt, photo.suffix)
+    if args.output:
+        return Path(args.output)
+    if args.out_dir:
+        relative = photo.relative_to(base) if base in photo.parents else Path(photo.name)
+        return Path(args.out_dir) / relative.with_suffix(extension)
+    return photo.with_name(photo.stem + PROTECTED_SUFFIX + extension)
+
+
+def _protect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .decode import ImageError
+    from .protect import protect
+    from .settings import ProtectSettings
+
+    settings = ProtectSettings.from_preset(args.preset, device=args.device, seed=args.seed)
+    photos = list(_inputs(args.paths))
+    if args.output and len(photos) != 1:
+        print("lowkey: -o/--output takes exactly one input photo; use --out-dir for several", file=sys.stderr)
+        return 2
+    inputs = {photo.resolve() for photo, _ in photos}
+    failures = 0
+    for photo, base in photos:
+        bar = tqdm(total=settings.steps, desc=photo.name, unit="step", leave=False, disable=args.quiet)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "attack":
+                bar.n = done
+                bar.refresh()
+
+        if _would_overwrite(_output_path(photo, base, "", args), inputs, args):
+            bar.close()
+            failures += 1
+            continue
+        try:
+            result = protect(photo, settings, progress)
+        except (ImageError, OSError) as exc:
+            bar.close()
+            print(f"{photo}: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        bar.close()
+        target = _output_path(photo, base, result.format, args)
+        if _would_overwrite(target, inputs, args):
+            failures += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(result.data)
+        print(_summary(photo, target, result))
+    return 1 if failures else 0
+
+
+def _would_overwrite(target: Path, inputs: set[Path], args: argparse.Namespace) -> bool:
+    """True (and says so) when `target` is an input photo and --overwrite was not given."""
+    if target.resolve() in inputs and not args.overwrite:
+        print(f"lowkey: {target} is an input photo; pass --overwrite to replace it", file=sys.stderr)
+        return True
+    return False
+
+
+def _summary(photo: Path, target: Path, result) -> str:
+    if not result.faces:
+        return f"{photo} -> {target}: no face found; metadata removed, pixels untouched ({result.seconds:.1f} s)"
+    face_ssim = min(f.ssim for f in result.faces)
+    face_psnr = min(f.psnr for f in result.faces)
+    return (f"{photo} -> {target}: {result.face_count} face(s) protected in {result.seconds:.1f} s "
+            f"on {result.device}; faces PSNR >= {face_psnr:.1f} dB, SSIM >= {face_ssim:.3f}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eval_cli import run_eval
+
+    return run_eval(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowkey", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
+    from .settings import PRESETS
+
+    protect = commands.add_parser("protect", help="protect every face in photos")
+    protect.add_argument("paths", nargs="+", help="photos and folders (searched recursively)")
+    where = protect.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", help="output file (one input photo only)")
+    where.add_argument("--out-dir", help="folder for protected photos (default: beside each input, "
+                       f"named NAME{PROTECTED_SUFFIX}.EXT)")
+    protect.add_argument("--preset", choices=list(PRESETS), default="standard")
+    protect.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    protect.add_argument("--seed", type=int, default=0)
+    protect.add_argument("--overwrite", action="store_true", help="allow replacing an input photo")
+    protect.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    protect.set_defaults(run=_protect)
 
     weights = commands.add_parser("weights", help="model files: list, fetch")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
@@ -84,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("photos", nargs="+")
     detect.add_argument("--device", default="cpu")
     detect.set_defaults(run=_detect)
+
+    from .eval_cli import add_eval_arguments
+
+    evaluate = commands.add_parser("eval", help="identification accuracy with clean vs protected galleries")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(run=_eval)
     return parser
 
 

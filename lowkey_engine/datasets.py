@@ -48,3 +48,39 @@ def most_central(faces: list, width: int, height: int):
         return ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
 
     return min(faces, key=distance)
+
+
+@dataclass
+class SubjectFaces:
+    """Same-size photos of known identities with the landmarks of each photo's subject."""
+
+    images: "torch.Tensor"        # (N, 3, H, W) uint8 RGB
+    landmarks: "torch.Tensor"     # (N, 5, 2) continuous pixel coordinates
+    identities: list[str]
+    missed: int                   # photos where no face was found (left out)
+
+    def batches(self, size: int):
+        """(pixels in [0, 1] float, landmarks) in batches of `size`."""
+        for start in range(0, len(self.identities), size):
+            stop = start + size
+            yield self.images[start:stop].float() / 255.0, self.landmarks[start:stop]
+
+
+def detect_subjects(photos: list[LabelledPhoto], detector) -> SubjectFaces:
+    """Decode same-size portrait photos (as LFW's) and find each one's central face."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    images, landmarks, identities, missed = [], [], [], 0
+    for photo in photos:
+        with Image.open(photo.path) as opened:
+            pixels = torch.from_numpy(np.array(opened.convert("RGB"))).permute(2, 0, 1)
+        face = most_central(detector.detect(pixels.float() / 255.0), pixels.shape[2], pixels.shape[1])
+        if face is None:
+            missed += 1
+            continue
+        images.append(pixels)
+        landmarks.append(torch.as_tensor(face.landmarks, dtype=torch.float32))
+        identities.append(photo.identity)
+    return SubjectFaces(torch.stack(images), torch.stack(landmarks), identities, missed)

@@ -1,0 +1,146 @@
+"""`protect()`: one photo in, the protected photo out. The engine's public entry point.
+
+    result = protect(open("me.jpg", "rb").read(), ProtectSettings.from_preset("fast"))
+    open("me.protected.jpg", "wb").write(result.data)
+
+Stages: decode -> detect every face -> one working crop per face -> LowKey attack on all faces in
+one batch -> changes feathered back into the full-resolution photo -> encode in the input's
+format without privacy-relevant metadata. A photo without faces comes back with its metadata
+removed and its pixels untouched, and says so (`faces == ()`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .attack import LowKeyAttack, ProgressCallback
+from .crops import apply_changes, working_crops
+from .decode import decode_image
+from .detect import FaceDetector, load_detector
+from .encode import encode_image, strip_metadata_only
+from .perceptual import psnr, ssim
+from .recognizers import Recognizer, load_recognizer
+from .settings import ProtectSettings
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One protected face: its box (x1, y1, x2, y2) in photo pixels, detector score, and how
+    much its box changed (PSNR in dB, SSIM in [-1, 1]; before output encoding)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    psnr: float
+    ssim: float
+
+
+@dataclass(frozen=True)
+class Protected:
+    """The protected photo (encoded bytes in the input's format) and what was done to it."""
+
+    data: bytes
+    mime: str
+    format: str
+    width: int
+    height: int
+    faces: tuple[FaceResult, ...]
+    seconds: float
+    device: str
+    preset: str
+    photo_psnr: float | None = None           # whole photo, dB; None when nothing changed
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def face_count(self) -> int:
+        return len(self.faces)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return device
+
+
+class ProtectionEngine:
+    """The models one device needs, loaded once: detector (finding faces of at least
+    `min_face_px` photo pixels) and attack ensemble."""
+
+    def __init__(self, device: torch.device, ensemble: tuple[str, ...], min_face_px: int):
+        self.device = device
+        self.detector: FaceDetector = load_detector(device, min_face_size=min_face_px)
+        self.recognizers: list[Recognizer] = [load_recognizer(m, device) for m in ensemble]
+
+    def protect(self, image, settings: ProtectSettings, progress: ProgressCallback | None = None) -> Protected:
+        started = time.perf_counter()
+        report = progress or (lambda stage, done, total: None)
+        report("decode", 0, 1)
+        decoded = decode_image(image)
+        pixels = decoded.pixels.to(self.device)
+        _, height, width = pixels.shape
+        report("detect", 0, 1)
+        faces = self.detector.detect(pixels)
+        report("detect", 1, 1)
+        if not faces:
+            encoded = strip_metadata_only(decoded)
+            return Protected(encoded.data, encoded.mime, encoded.format, width, height, (),
+                             time.perf_counter() - started, str(self.device), settings.preset)
+
+        boxes = torch.tensor([[float(v) for v in f.box] for f in faces], device=self.device)
+        landmarks = torch.stack([torch.as_tensor(f.landmarks, dtype=torch.float32) for f in faces]).to(self.device)
+        working_size = round(settings.working_face_px * settings.crop_margin)
+        windows, crops, crop_landmarks, masks = working_crops(
+            pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
+            feather=settings.feather)
+        attack = LowKeyAttack.from_settings(settings, self.recognizers)
+        change = attack(crops, crop_landmarks, masks, progress=report)
+        protected = apply_changes(pixels, windows, masks * change)
+        report("encode", 0, 1)
+        encoded = encode_image(protected.cpu(), decoded, jpeg_quality=settings.jpeg_output_quality)
+        results = tuple(_face_result(face, pixels, protected) for face in faces)
+        return Protected(encoded.data, encoded.mime, encoded.format, width, height, results,
+                         time.perf_counter() - started, str(self.device), settings.preset,
+                         photo_psnr=float(psnr(protected[None], pixels[None])[0]))
+
+
+def _face_result(face, original: torch.Tensor, protected: torch.Tensor) -> FaceResult:
+    _, height, width = original.shape
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    left, top = max(0, int(x1)), max(0, int(y1))
+    right, bottom = min(width, int(round(x2))), min(height, int(round(y2)))
+    a = original[None, :, top:bottom, left:right]
+    b = protected[None, :, top:bottom, left:right]
+    face_ssim = float(ssim(b, a)[0]) if min(a.shape[-2:]) >= 11 else float("nan")
+    return FaceResult((x1, y1, x2, y2), float(face.score), float(psnr(b, a)[0]), face_ssim)
+
+
+_ENGINES: dict[tuple[str, tuple[str, ...], int], ProtectionEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(settings: ProtectSettings) -> ProtectionEngine:
+    """The engine for the settings' device, ensemble and face size, built once and kept."""
+    device = resolve_device(settings.device)
+    key = (str(device), settings.ensemble, settings.min_face_px)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = ProtectionEngine(device, settings.ensemble, settings.min_face_px)
+        return _ENGINES[key]
+
+
+def protect(image: bytes | str | Path | Image.Image, settings: ProtectSettings | None = None,
+            progress: ProgressCallback | None = None) -> Protected:
+    """Protect every face in `image` (file bytes, a path, or a PIL image). Raises ImageError
+    (with a protocol `code`) for input that is not a photo it can protect."""
+    settings = settings or ProtectSettings()
+    torch.manual_seed(settings.seed)
+    return get_engine(settings).protect(image, settings, progress)

@@ -1,0 +1,61 @@
+"""Protection settings: one typed, frozen place for every knob, and the named presets.
+
+    settings = ProtectSettings.from_preset("standard", seed=7)   # a preset plus overrides
+
+Pixel quantities are in [0, 1] units (1/255 = one 8-bit level).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .recognizers import DEFAULT_ENSEMBLE
+
+
+@dataclass(frozen=True)
+class ProtectSettings:
+    preset: str = "standard"
+    # --- the attack (LowKey: signed-gradient ascent on embedding distance minus a penalty)
+    steps: int = 40
+    step_size: float = 0.0025                 # per step, [0, 1] pixel units
+    epsilon: float | None = 10 / 255          # L-infinity budget on the change; None = unbounded
+    random_start: float = 0.005               # uniform start in [-r, r]
+    penalty_weight: float = 300.0             # weight of (1 - SSIM) between clean and protected face
+    blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size
+    blur_sigma: float = 3.0
+    ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
+    # --- expectation over what social sites do to uploads (applied at random each step)
+    robust: bool = True
+    jpeg_quality: tuple[int, int] = (60, 90)
+    downscale: tuple[float, float] = (0.5, 1.0)
+    shift_px: float = 1.0                     # sub-pixel shifts of the alignment, working pixels
+    # --- where the perturbation lives
+    working_face_px: int = 128                # face box width in the working crop, pixels
+    crop_margin: float = 1.8                  # crop side = margin * face box side
+    feather: float = 0.15                     # share of the crop side over which the change fades out
+    min_face_px: int = 20                     # faces smaller than this (longer box side, photo pixels) are left alone
+    # --- output
+    jpeg_output_quality: int = 95
+    seed: int = 0
+    device: str = "auto"                      # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+
+    @classmethod
+    def from_preset(cls, preset: str = "standard", **overrides) -> "ProtectSettings":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[preset], **overrides)
+
+    def replace(self, **overrides) -> "ProtectSettings":
+        return dataclasses.replace(self, **overrides)
+
+
+PRESETS: dict[str, ProtectSettings] = {
+    # A few seconds a face on a laptop CPU.
+    "fast": ProtectSettings(preset="fast", steps=15, step_size=0.004),
+    # The default: the paper's strength, robust to JPEG and downscaling.
+    "standard": ProtectSettings(preset="standard"),
+    # More steps and a looser budget: for photos that matter most.
+    "strong": ProtectSettings(preset="strong", steps=100, step_size=0.002, epsilon=12 / 255,
+                              penalty_weight=200.0),
+}

@@ -1,0 +1,109 @@
+"""Building blocks of the attack: crops and feathering, differentiable transforms, the attack's
+constraints. Known answers on small synthetic inputs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lowkey_engine.attack import LowKeyAttack
+from lowkey_engine.crops import CropWindow, apply_changes, crop_window, extract, feather_mask, working_crops
+from lowkey_engine.recognizers import load_recognizer
+from lowkey_engine.transforms import downscale_and_back, gaussian_blur, jpeg_approx
+
+
+def test_feather_mask_is_one_inside_and_fades_to_zero_at_the_edge():
+    mask = feather_mask(100, 0.2)[0]
+    assert mask[50, 50] == 1.0 and mask[25:75, 25:75].min() == 1.0
+    assert mask[0].max() < 0.01 and mask[:, 0].max() < 0.01
+    torch.testing.assert_close(mask, mask.flip(0))
+    torch.testing.assert_close(mask, mask.T)
+
+
+def test_crop_window_is_square_and_centred_on_the_box():
+    window = crop_window((100, 50, 140, 110), margin=2.0)       # box 40 x 60
+    assert window.side == 120
+    assert (window.x0 + window.side / 2, window.y0 + window.side / 2) == (120, 80)
+    corners = window.to_working(torch.tensor([[window.x0, window.y0], [window.x0 + window.side, window.y0]],
+                                             dtype=torch.float32), 240)
+    torch.testing.assert_close(corners, torch.tensor([[0.0, 0.0], [240.0, 0.0]]))
+
+
+def test_overhanging_window_is_padded_and_only_the_photo_part_is_valid():
+    image = torch.rand(3, 30, 40)
+    crop, valid = extract(image, CropWindow(x0=-5, y0=20, side=20))
+    assert crop.shape == (3, 20, 20)
+    torch.testing.assert_close(crop[:, :10, 5:], image[:, 20:30, 0:15])
+    assert valid[:, :10, 5:].min() == 1 and valid[:, 10:].max() == 0 and valid[:, :, :5].max() == 0
+
+
+def test_changes_land_inside_their_window_and_zero_change_is_a_no_op():
+    image = torch.rand(3, 64, 80)
+    windows = [CropWindow(10, 10, 20), CropWindow(70, 50, 20)]            # the second overhangs
+    assert torch.equal(apply_changes(image, windows, torch.zeros(2, 3, 32, 32)), image)
+    out = apply_changes(image, windows, torch.full((2, 3, 32, 32), 0.1))
+    moved = (out - image).abs().amax(0) > 1e-6
+    expected = torch.zeros(64, 80, dtype=torch.bool)
+    expected[10:30, 10:30] = True
+    expected[50:64, 70:80] = True
+    assert torch.equal(moved, expected & (image.amax(0) < 0.999))       # clamped pixels may not move
+
+
+def test_working_crops_map_landmarks_into_the_crop():
+    image = torch.rand(3, 200, 300)
+    boxes = torch.tensor([[100.0, 50.0, 160.0, 120.0]])
+    landmarks = torch.tensor([[[115.0, 75.0], [145.0, 75.0], [130.0, 90.0], [118.0, 105.0], [142.0, 105.0]]])
+    windows, crops, points, masks = working_crops(image, boxes, landmarks, margin=1.5, working_size=64,
+                                                  feather=0.1)
+    assert crops.shape == (1, 3, 64, 64) and masks.shape == (1, 1, 64, 64)
+    scale = 64 / windows[0].side
+    expected = (landmarks - torch.tensor([windows[0].x0, windows[0].y0])) * scale
+    torch.testing.assert_close(points, expected)
+
+
+@pytest.mark.parametrize("quality", [60, 75, 90])
+def test_jpeg_approximation_is_close_to_real_jpeg(faces_dir, quality):
+    photo = Image.open(faces_dir / "photos-group" / "obama.jpg").convert("RGB").resize((160, 120))
+    x = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None].float() / 255
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=quality)
+    real = torch.from_numpy(np.asarray(Image.open(buffer)).copy()).permute(2, 0, 1)[None].float() / 255
+    approx = jpeg_approx(x, quality)
+    assert approx.shape == x.shape
+    # much closer to what libjpeg does than to the untouched photo's distance from it
+    assert (approx - real).abs().mean() < 0.6 * (x - real).abs().mean() + 1 / 255
+
+
+def test_jpeg_approximation_passes_gradients_and_lower_quality_loses_more():
+    x = torch.rand(1, 3, 32, 48, requires_grad=True)
+    jpeg_approx(x, 75).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert (jpeg_approx(x, 30) - x).abs().mean() > (jpeg_approx(x, 95) - x).abs().mean()
+
+
+def test_blur_and_downscale_keep_flat_images_flat():
+    flat = torch.full((2, 3, 40, 40), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat), flat)
+    torch.testing.assert_close(downscale_and_back(flat, 0.5), flat)
+
+
+def test_attack_keeps_its_budget_and_the_pixel_range_and_moves_the_embedding():
+    recognizer = load_recognizer("mfn-expo")
+    torch.manual_seed(0)
+    crops = torch.rand(2, 3, 112, 112) * 0.2 + 0.4
+    landmarks = recognizer._template.expand(2, 5, 2).clone()
+    mask = feather_mask(112, 0.1)[None].expand(2, 1, 112, 112)
+    attack = LowKeyAttack([recognizer], steps=3, step_size=0.01, epsilon=0.02, penalty_weight=0.0)
+    change = attack(crops, landmarks, mask)
+    assert change.abs().max() <= 0.02 + 1e-6
+    protected = crops + mask * change
+    assert protected.min() >= 0 and protected.max() <= 1
+    with torch.no_grad():
+        before, after = recognizer.embed(crops, landmarks), recognizer.embed(protected, landmarks)
+    assert ((before * after).sum(1) < 0.99).all()
+    assert torch.equal(change, attack(crops, landmarks, mask))          # same seed, same result

@@ -1,0 +1,119 @@
+"""The protect pipeline and `lowkey protect`: faces changed, everything else as promised.
+
+Most tests use a two-step attack (cheap settings): they check plumbing, formats and errors. One
+test runs the real `fast` preset and checks that the attacked recognizers no longer see the same
+face.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lowkey_engine.cli import main as lowkey
+from lowkey_engine.decode import decode_image
+from lowkey_engine.detect import load_detector
+from lowkey_engine.protect import protect
+from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, load_recognizer
+from lowkey_engine.settings import ProtectSettings
+
+CHEAP = ProtectSettings.from_preset("fast", steps=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def portrait(faces_dir) -> bytes:
+    return (faces_dir / "photos-group" / "obama.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def lfw_photo(faces_dir) -> bytes:
+    folder = sorted(p for p in (faces_dir / "lfw-dev").iterdir() if p.is_dir())[0]
+    return sorted(folder.iterdir())[0].read_bytes()
+
+
+def pixels_of(data: bytes) -> torch.Tensor:
+    return decode_image(data).pixels
+
+
+def test_faces_change_only_around_faces_and_format_is_kept(portrait):
+    result = protect(portrait, CHEAP)
+    original, protected = pixels_of(portrait), pixels_of(result.data)
+    assert result.format == "JPEG" and result.mime == "image/jpeg"
+    assert protected.shape == original.shape
+    assert result.face_count == 1
+    changed = (protected - original).abs().amax(0) > 8 / 255
+    x1, y1, x2, y2 = (int(v) for v in result.faces[0].box)
+    margin = 2 * max(x2 - x1, y2 - y1)          # the crop window reaches beyond the box
+    outside = changed.clone()
+    outside[max(0, y1 - margin):y2 + margin, max(0, x1 - margin):x2 + margin] = False
+    assert changed.any() and not outside.any()
+
+
+def test_fast_preset_moves_the_face_for_every_attacked_recognizer(lfw_photo):
+    result = protect(lfw_photo, ProtectSettings.from_preset("fast", device="cpu"))
+    original, protected = pixels_of(lfw_photo), pixels_of(result.data)
+    face = load_detector("cpu").detect(original)[0]
+    landmarks = torch.as_tensor(face.landmarks, dtype=torch.float32)[None]
+    for model_id in DEFAULT_ENSEMBLE:
+        recognizer = load_recognizer(model_id)
+        with torch.no_grad():
+            cosine = float(recognizer.embed(original[None], landmarks) @ recognizer.embed(protected[None], landmarks).T)
+        assert cosine < 0.5, f"{model_id}: protected face still at cosine {cosine:.2f}"
+    assert result.faces[0].ssim > 0.9
+
+
+def test_photo_without_faces_keeps_its_pixels_and_loses_its_metadata(tmp_path):
+    gradient = np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (120, 1))
+    image = Image.fromarray(np.stack([gradient, gradient[::-1], gradient], axis=-1))
+    exif = Image.Exif()
+    exif[0x8825] = {2: (48.0, 51.0, 24.0)}          # GPSInfo: latitude
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", exif=exif)
+    result = protect(buffer.getvalue(), CHEAP)
+    assert result.faces == ()
+    assert torch.equal(pixels_of(result.data), pixels_of(buffer.getvalue()))
+    assert not Image.open(io.BytesIO(result.data)).getexif()
+
+
+def test_png_with_alpha_stays_png_with_the_same_alpha(portrait):
+    rgba = Image.open(io.BytesIO(portrait)).convert("RGBA")
+    alpha = np.full(rgba.size[::-1], 200, dtype=np.uint8)
+    alpha[:10] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    buffer = io.BytesIO()
+    rgba.save(buffer, "PNG")
+    result = protect(buffer.getvalue(), CHEAP)
+    out = Image.open(io.BytesIO(result.data))
+    assert result.format == "PNG" and out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[..., 3], alpha)
+
+
+def test_same_seed_gives_the_same_photo(portrait):
+    assert protect(portrait, CHEAP).data == protect(portrait, CHEAP).data
+
+
+def test_cli_writes_beside_inputs_reports_failures_and_goes_on(tmp_path, portrait, capsys):
+    good = tmp_path / "me.jpg"
+    good.write_bytes(portrait)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    status = lowkey(["protect", str(tmp_path), "--preset", "fast", "--device", "cpu", "-q",
+                     "--seed", "1"] + [])
+    captured = capsys.readouterr()
+    assert status == 1                                    # one input failed
+    assert "empty.jpg: error:" in captured.err
+    assert (tmp_path / "me.lowkey.jpg").is_file()
+    assert good.read_bytes() == portrait                  # the input is untouched
+    assert "1 face(s) protected" in captured.out
+
+
+def test_cli_refuses_to_overwrite_an_input(tmp_path, portrait, capsys):
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(portrait)
+    assert lowkey(["protect", str(photo), "-o", str(photo), "--preset", "fast", "-q"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert photo.read_bytes() == portrait
