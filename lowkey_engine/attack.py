@@ -14,6 +14,7 @@ protection survives what social sites do to photos.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -33,42 +34,35 @@ _DEFAULTS = ProtectSettings()
 TRANSFORM_PROBABILITY = 0.5
 
 
+@dataclass
 class LowKeyAttack:
     """Signed-gradient LowKey attack. Knobs mean what `ProtectSettings`' fields of the same
     names mean (settings.py); their defaults are the `standard` preset's."""
 
-    def __init__(self, recognizers: Sequence[Recognizer], *, steps: int = _DEFAULTS.steps,
-                 step_size: float = _DEFAULTS.step_size, epsilon: float | None = _DEFAULTS.epsilon,
-                 random_start: float = _DEFAULTS.random_start,
-                 penalty_weight: float = _DEFAULTS.penalty_weight, blur_kernel: int = _DEFAULTS.blur_kernel,
-                 blur_sigma: float = _DEFAULTS.blur_sigma, robust: bool = _DEFAULTS.robust,
-                 jpeg_quality: tuple[int, int] = _DEFAULTS.jpeg_quality,
-                 downscale: tuple[float, float] = _DEFAULTS.downscale, shift_px: float = _DEFAULTS.shift_px,
-                 seed: int = _DEFAULTS.seed):
-        if not recognizers:
+    recognizers: Sequence[Recognizer]
+    _: KW_ONLY
+    steps: int = _DEFAULTS.steps
+    step_size: float = _DEFAULTS.step_size
+    epsilon: float | None = _DEFAULTS.epsilon
+    random_start: float = _DEFAULTS.random_start
+    penalty_weight: float = _DEFAULTS.penalty_weight
+    blur_kernel: int = _DEFAULTS.blur_kernel
+    blur_sigma: float = _DEFAULTS.blur_sigma
+    robust: bool = _DEFAULTS.robust
+    jpeg_quality: tuple[int, int] = _DEFAULTS.jpeg_quality
+    downscale: tuple[float, float] = _DEFAULTS.downscale
+    shift_px: float = _DEFAULTS.shift_px
+    seed: int = _DEFAULTS.seed
+
+    def __post_init__(self):
+        if not self.recognizers:
             raise ValueError("the attack needs at least one recognizer")
-        self.recognizers = list(recognizers)
-        self.steps = steps
-        self.step_size = step_size
-        self.epsilon = epsilon
-        self.random_start = random_start
-        self.penalty_weight = penalty_weight
-        self.blur_kernel = blur_kernel
-        self.blur_sigma = blur_sigma
-        self.robust = robust
-        self.jpeg_quality = jpeg_quality
-        self.downscale = downscale
-        self.shift_px = shift_px
-        self.seed = seed
+        self.recognizers = list(self.recognizers)
 
     @classmethod
     def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer]) -> "LowKeyAttack":
-        return cls(recognizers, steps=settings.steps, step_size=settings.step_size,
-                   epsilon=settings.epsilon, random_start=settings.random_start,
-                   penalty_weight=settings.penalty_weight, blur_kernel=settings.blur_kernel,
-                   blur_sigma=settings.blur_sigma, robust=settings.robust,
-                   jpeg_quality=settings.jpeg_quality, downscale=settings.downscale,
-                   shift_px=settings.shift_px, seed=settings.seed)
+        knobs = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "recognizers"}
+        return cls(recognizers, **knobs)
 
     def _uniform(self, generator: torch.Generator, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))
