@@ -84,7 +84,7 @@ class ProtectionEngine:
         started = time.perf_counter()
         report = progress or (lambda stage, done, total: None)
         report("decode", 0, 1)
-        decoded = decode_image(image)
+        decoded = decode_image(image, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes)
         pixels = decoded.pixels.to(self.device)
         _, height, width = pixels.shape
         report("detect", 0, 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from .recognizers import DEFAULT_ENSEMBLE
 
 
@@ -35,6 +36,9 @@ class ProtectSettings:
     crop_margin: float = 1.8                  # crop side = margin * face box side
     feather: float = 0.15                     # share of the crop side over which the change fades out
     min_face_px: int = 20                     # faces smaller than this (longer box side, photo pixels) are left alone
+    # --- input limits (decompression bombs, oversized uploads)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     # --- output
     jpeg_output_quality: int = 95
     seed: int = 0

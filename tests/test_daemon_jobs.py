@@ -1,0 +1,168 @@
+"""Queue, fairness, cache and cancellation mechanics (daemon/jobs.py) with a stand-in engine.
+
+The stand-in keeps these tests exact and quick; tests/test_daemon_server.py runs the real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import pytest_asyncio
+
+from lowkey_daemon.config import DaemonConfig, Limits
+from lowkey_daemon.jobs import FairQueue, Job, JobScheduler, ResultCache, cache_key
+from lowkey_daemon.protocol import ErrorCode, ProtocolError
+from lowkey_engine.protect import Protected
+from lowkey_engine.settings import PRESETS
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def outcome(data: bytes = b"out") -> Protected:
+    return Protected(data, "image/png", "PNG", 1, 1, (), 0.0, "cpu", "fast")
+
+
+class Owner:
+    """Records what the scheduler tells it."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.events: list[tuple] = []
+        self.answered = asyncio.Event()
+
+    def job_progress(self, job, stage, done, total):
+        self.events.append(("progress", job.id, stage))
+
+    def job_done(self, job, result, cached):
+        self.events.append(("done", job.id, cached, result.data))
+        self.answered.set()
+
+    def job_failed(self, job, code, message):
+        self.events.append(("failed", job.id, code))
+        self.answered.set()
+
+    def answers(self):
+        return [e for e in self.events if e[0] != "progress"]
+
+
+def job(owner, job_id: str, payload: bytes = b"img") -> Job:
+    return Job(job_id, owner, "", payload, PRESETS["fast"], cache_key(payload, "fast"))
+
+
+@pytest.mark.asyncio
+async def test_fair_queue_takes_connections_in_turn():
+    queue = FairQueue()
+    a, b, c = Owner("a"), Owner("b"), Owner("c")
+    for item in (job(a, "a1"), job(a, "a2"), job(a, "a3"), job(b, "b1"), job(c, "c1"), job(c, "c2")):
+        queue.put(item)
+    queue.remove(next(j for j in queue._waiting[c] if j.id == "c2"))
+    queue.put(job(c, "c3"))
+    order = [(await queue.get()).id for _ in range(6)]
+    assert order == ["a1", "b1", "c1", "a2", "c3", "a3"]
+    assert len(queue) == 0 and queue.payload_bytes == 0
+    waiter = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.close()
+    assert await waiter is None
+
+
+def test_result_cache_evicts_least_recently_used_by_bytes():
+    cache = ResultCache(max_bytes=10)
+    cache.put(("a", "fast"), outcome(b"12345"))
+    cache.put(("b", "fast"), outcome(b"1234"))
+    assert cache.get(("a", "fast")) is not None          # a is now the most recent
+    cache.put(("c", "fast"), outcome(b"123"))            # 5 + 4 + 3 > 10: b goes
+    assert cache.get(("b", "fast")) is None and cache.get(("a", "fast")) and cache.get(("c", "fast"))
+    cache.put(("d", "fast"), outcome(b"x" * 11))         # larger than the whole cache: not kept
+    assert cache.get(("d", "fast")) is None and cache.size_bytes == 8
+    disabled = ResultCache(max_bytes=0)
+    disabled.put(("a", "fast"), outcome(b"1"))
+    assert disabled.get(("a", "fast")) is None
+
+
+def test_cache_key_is_content_and_preset():
+    assert cache_key(b"same", "fast") == cache_key(bytes(b"same"), "fast")
+    assert cache_key(b"same", "fast") != cache_key(b"same", "strong")
+    assert cache_key(b"same", "fast") != cache_key(b"diff", "fast")
+
+
+class SteppingEngine:
+    """protect() stand-in: reports one step at a time, each step released by the test."""
+
+    def __init__(self):
+        self.step = threading.Semaphore(0)
+        self.started = threading.Event()
+
+    def __call__(self, payload, settings, progress):
+        self.started.set()
+        while True:
+            self.step.acquire()
+            progress("attack", 1, 2)
+            if payload.startswith(b"finish"):
+                return outcome(b"protected:" + payload)
+
+
+@pytest_asyncio.fixture
+async def scheduler():
+    engine = SteppingEngine()
+    config = DaemonConfig(device=("cpu",), limits=Limits(max_jobs_per_connection=2, max_queued_jobs=2))
+    scheduler = JobScheduler(config, protect_function=engine, warm=False)
+    scheduler.engine = engine
+    await scheduler.start()
+    yield scheduler
+    engine.step.release(100)
+    await scheduler.close()
+
+
+async def wait_until(condition):
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_limits_cancel_and_forgetting_an_owner(scheduler):
+    a, b, c = Owner("a"), Owner("b"), Owner("c")
+    scheduler.submit(a, "a1", "", b"never ends", "fast")
+    await asyncio.to_thread(scheduler.engine.started.wait)
+    scheduler.submit(a, "a2", "", b"finish a2", "fast")                   # queued
+    with pytest.raises(ProtocolError) as per_connection:
+        scheduler.submit(a, "a3", "", b"finish a3", "fast")
+    assert per_connection.value.code is ErrorCode.BUSY
+    with pytest.raises(ProtocolError) as duplicate:
+        scheduler.submit(a, "a2", "", b"finish", "fast")
+    assert duplicate.value.code is ErrorCode.BAD_REQUEST
+    scheduler.submit(b, "b1", "", b"finish b1", "fast")                   # queued: 2 waiting
+    with pytest.raises(ProtocolError) as total:
+        scheduler.submit(c, "c1", "", b"finish c1", "fast")
+    assert total.value.code is ErrorCode.BUSY and total.value.job_id == "c1"
+
+    assert scheduler.cancel(b, "b1") and not scheduler.cancel(b, "b1")
+    assert b.answers() == [("failed", "b1", ErrorCode.CANCELLED)]
+
+    scheduler.forget_owner(a)                  # a1 running, a2 queued: both dropped, no answers
+    scheduler.engine.step.release()            # a1 reaches its next step and is aborted there
+    await wait_until(lambda: scheduler.counters.aborted_running == 1)
+    assert a.answers() == [] and scheduler.counters.dropped == 2
+
+    scheduler.submit(c, "c1", "", b"finish c1", "fast")
+    scheduler.engine.step.release()
+    await c.answered.wait()
+    assert c.answers() == [("done", "c1", False, b"protected:finish c1")]
+    scheduler.submit(c, "c2", "", b"finish c1", "fast")                   # same bytes: from cache
+    assert c.answers()[-1] == ("done", "c2", True, b"protected:finish c1")
+    assert scheduler.counters.cache_hits == 1
+
+
+@pytest.mark.asyncio
+async def test_close_answers_queued_and_running_jobs_busy(scheduler):
+    a = Owner("a")
+    scheduler.submit(a, "a1", "", b"never ends", "fast")
+    await asyncio.to_thread(scheduler.engine.started.wait)
+    scheduler.submit(a, "a2", "", b"finish", "fast")
+    await scheduler.close()
+    assert sorted(a.answers()) == [("failed", "a1", ErrorCode.BUSY), ("failed", "a2", ErrorCode.BUSY)]
+    with pytest.raises(ProtocolError) as refused:
+        scheduler.submit(a, "a3", "", b"finish", "fast")
+    assert refused.value.code is ErrorCode.BUSY
