@@ -55,3 +55,77 @@ def verification_pairs(identities: Sequence[str], n_same: int, n_different: int,
             different.add((min(a, b), max(a, b)))
     pairs = same + sorted(different)
     return pairs, [True] * len(same) + [False] * len(different)
+
+
+# --- identification (gallery / probe) -------------------------------------------------------------
+
+def identity_ranks(scores: Tensor, gallery_identities: Sequence[int] | Tensor,
+                   probe_identities: Sequence[int] | Tensor) -> Tensor:
+    """Rank (1 = first) of each probe's true identity in an identification search.
+
+    `scores` (P, G): similarity of probe i to gallery photo j, higher = more alike; -inf marks a
+    gallery photo that is not there for that probe (e.g. its face was not found). Identities are
+    ordered by their best-scoring gallery photo (the nearest gallery photo decides); ties count
+    against the true identity. Returns float ranks (P,); inf where the true identity has no
+    gallery photo left."""
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    gallery = torch.as_tensor(gallery_identities, dtype=torch.long)
+    probes = torch.as_tensor(probe_identities, dtype=torch.long)
+    if scores.shape != (len(probes), len(gallery)):
+        raise ValueError(f"scores {tuple(scores.shape)} do not match {len(probes)} probes x {len(gallery)} gallery photos")
+    labels = torch.unique(gallery)
+    # best[i, k]: the best score of identity labels[k] for probe i
+    best = torch.full((len(probes), len(labels)), float("-inf"), dtype=torch.float64)
+    for k, label in enumerate(labels):
+        columns = scores[:, gallery == label]
+        if columns.shape[1]:
+            best[:, k] = columns.max(1).values
+    ranks = torch.full((len(probes),), float("inf"), dtype=torch.float64)
+    for i, label in enumerate(probes):
+        own = (labels == label).nonzero()
+        if len(own) == 0:
+            continue
+        own_score = best[i, int(own[0])]
+        if own_score == float("-inf"):
+            continue
+        others = torch.cat([best[i, :int(own[0])], best[i, int(own[0]) + 1:]])
+        ranks[i] = 1 + int((others >= own_score).sum())
+    return ranks
+
+
+def rank_k_accuracy(ranks: Tensor, k: int) -> float:
+    """Share of probes whose true identity is among the first `k` (nan when there are none)."""
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    if len(ranks) == 0:
+        return float("nan")
+    return float((ranks <= k).double().mean())
+
+
+def own_gallery_swapped(clean_scores: Tensor, protected_scores: Tensor,
+                        gallery_identities: Sequence[int] | Tensor,
+                        probe_identities: Sequence[int] | Tensor) -> Tensor:
+    """The LowKey identification setting: each probe meets its OWN identity's gallery photos
+    protected and every other identity's gallery clean. Both inputs (P, G) score the same probes
+    against the same gallery photos, clean and protected; the result takes column j from
+    `protected_scores` where gallery photo j is the probe's identity, else from `clean_scores`."""
+    gallery = torch.as_tensor(gallery_identities, dtype=torch.long)
+    probes = torch.as_tensor(probe_identities, dtype=torch.long)
+    own = probes[:, None] == gallery[None, :]
+    return torch.where(own, torch.as_tensor(protected_scores), torch.as_tensor(clean_scores))
+
+
+def similarity_scores(probes: Tensor, gallery: Tensor, gallery_present: Tensor | None = None,
+                      metric: str = "cosine") -> Tensor:
+    """(P, G) similarities between probe and gallery embeddings: dot products of unit vectors
+    ("cosine") or negative Euclidean distances ("euclidean", as dlib compares descriptors).
+    Gallery rows where `gallery_present` is False score -inf."""
+    probes, gallery = probes.double(), gallery.double()
+    if metric == "cosine":
+        scores = probes @ gallery.T
+    elif metric == "euclidean":
+        scores = -torch.cdist(probes, gallery)
+    else:
+        raise ValueError(f"unknown similarity metric {metric!r}")
+    if gallery_present is not None:
+        scores = scores.masked_fill(~torch.as_tensor(gallery_present, dtype=torch.bool)[None, :], float("-inf"))
+    return scores

@@ -1,0 +1,561 @@
+"""`lowkey eval`: does protection stop face identification? The LowKey paper's protocol, measured.
+
+    results = run_evaluation(EvalConfig(root="../shared/data/faces/lfw-dev", presets=("fast",), limit=20))
+
+Protocol (identification, Cherepanova et al. 2021, section 4):
+- The folder holds `<identity>/<photo>`. Per identity, `gallery` photos (chosen with the seed) form
+  its gallery, the rest are its probes. Identities with fewer than `gallery + 1` photos are skipped.
+- Gallery photos are what a person uploaded: they are protected with each preset, then go through
+  what a social site does to uploads (real JPEG re-encoding and real resizing with Pillow,
+  `UploadTransform`), then a recognizer's own detector looks for the face again. Probes are the
+  clean photos an adversary holds.
+- For each probe, its own identity's gallery is protected while every other identity's gallery
+  stays clean (`metrics.own_gallery_swapped`). The clean baseline runs the same search with every
+  gallery clean. Both galleries pass through the same upload transform, so the two numbers differ
+  only by the protection.
+- Gallery template = the nearest gallery PHOTO: identities are ranked by their best-scoring photo
+  (`metrics.identity_ranks`); rank-1 = share of probes whose nearest gallery photo is their own
+  identity, rank-5 = share whose identity is among the 5 best.
+- A gallery photo in which the recognizer's own detector no longer finds the face is not in the
+  gallery; when that empties a probe's own gallery the probe counts as protected (a miss), and the
+  share is reported separately (`probes_own_gallery_gone`, `gallery_undetected_*`). A probe whose
+  clean photo has no face found is left out for that recognizer (`probes_missed`).
+- Which face in a photo: the detection nearest the photo's centre (the subject of a portrait).
+
+Recognizers: every attacked ensemble member (white-box), `dlib-resnet` (held out, never attacked)
+and, with `real_dlib=True`, the real dlib pipeline (`real_dlib.py`: its own HOG detector,
+alignment and model; a true black box). All but real dlib see faces through our MTCNN detector run
+on the photo as it reaches them (after protection and the upload transform).
+
+Protected photos are cached on disk by content and settings (`ProtectCache`), so a rerun, another
+recognizer or another transform costs no new attack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import random
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image, ImageOps
+
+from .datasets import LabelledPhoto, labelled_photos, most_central
+from .metrics import identity_ranks, own_gallery_swapped, rank_k_accuracy, similarity_scores
+from .recognizers import DEFAULT_ENSEMBLE
+
+#: Bump when the meaning of a cached protected photo changes (engine changes that alter output).
+CACHE_VERSION = 1
+#: What a social site does to uploads, as `UploadTransform` names (see `parse_transform`).
+DEFAULT_TRANSFORMS = ("none", "jpeg90", "jpeg75", "jpeg60", "half", "max1080", "half+jpeg75",
+                      "max1080+jpeg75")
+DEFAULT_RECOGNIZERS = (*DEFAULT_ENSEMBLE, "dlib-resnet")
+REAL_DLIB_ID = "dlib-real"
+DEFAULT_RANKS = (1, 5)
+#: Photos per preset kept for the contact sheet.
+CONTACT_SHEET_PHOTOS = 6
+#: Photos per detector call when recognizing.
+OBSERVE_BATCH = 16
+
+
+# --- what social sites do ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UploadTransform:
+    """Downscale (by `scale`, and/or so the longest side is at most `max_side`) then re-encode as
+    JPEG at `jpeg_quality`; real Pillow operations on the encoded bytes. Without a JPEG step a
+    resized photo is stored as PNG (lossless), so only the resize acts."""
+
+    name: str
+    scale: float | None = None
+    max_side: int | None = None
+    jpeg_quality: int | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale is None and self.max_side is None and self.jpeg_quality is None
+
+    def apply(self, data: bytes) -> bytes:
+        if self.is_identity:
+            return data
+        with Image.open(io.BytesIO(data)) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+        width, height = image.size
+        factor = 1.0 if self.scale is None else self.scale
+        if self.max_side is not None and max(width, height) * factor > self.max_side:
+            factor = self.max_side / max(width, height)
+        resized = factor < 1.0
+        if resized:
+            image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))),
+                                 Image.Resampling.LANCZOS)
+        if self.jpeg_quality is None and not resized:
+            return data
+        out = io.BytesIO()
+        if self.jpeg_quality is not None:
+            image.save(out, "JPEG", quality=self.jpeg_quality)
+        else:
+            image.save(out, "PNG")
+        return out.getvalue()
+
+
+_TOKEN = re.compile(r"^(?:(none)|jpeg(\d{1,3})|(half)|max(\d+)|scale(0?\.\d+|1(?:\.0*)?))$")
+
+
+def parse_transform(name: str) -> UploadTransform:
+    """'none', or '+'-joined steps: 'jpegQ' (quality 1-100), 'half', 'maxN' (longest side N px),
+    'scaleF' (0 < F <= 1). E.g. 'half+jpeg75'. Resizing always happens before JPEG."""
+    scale = max_side = quality = None
+    for token in name.lower().split("+"):
+        match = _TOKEN.match(token.strip())
+        if not match:
+            raise ValueError(f"unknown upload transform {token!r} in {name!r}: "
+                             "use none, jpegQ, half, maxN, scaleF joined by '+'")
+        none, jpeg, half, max_n, scale_f = match.groups()
+        if jpeg:
+            quality = int(jpeg)
+            if not 1 <= quality <= 100:
+                raise ValueError(f"JPEG quality must be 1-100, got {quality}")
+        elif half:
+            scale = 0.5 if scale is None else scale * 0.5
+        elif max_n:
+            max_side = int(max_n)
+        elif scale_f:
+            scale = float(scale_f) if scale is None else scale * float(scale_f)
+    return UploadTransform(name, scale, max_side, quality)
+
+
+# --- protected photos, cached -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CachedProtection:
+    """What the evaluation keeps of a `protect()` result."""
+
+    data: bytes
+    format: str
+    boxes: tuple[tuple[float, float, float, float], ...]    # faces protected
+    seconds: float                                          # of the run that made it
+    photo_psnr: float | None
+    from_cache: bool = False
+
+
+ProtectFunction = Callable[..., Any]     # protect(image_bytes, settings, progress) -> Protected
+
+
+#: ProtectSettings fields that do not change a protected photo's pixels: a photo protected on a
+#: GPU serves a CPU rerun, and input limits only refuse photos. Every other field (including ones
+#: added later) is part of the cache key.
+NOT_IN_CACHE_KEY = frozenset({"device", "max_pixels", "max_bytes"})
+
+
+def settings_key(settings) -> dict:
+    """The settings that decide a protected photo's pixels (all but NOT_IN_CACHE_KEY)."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_CACHE_KEY}
+
+
+def cache_key(data: bytes, settings) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, "photo": hashlib.sha256(data).hexdigest(),
+                       "settings": settings_key(settings)}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ProtectCache:
+    """Protected photos on disk under `folder`, keyed by the photo's bytes and the settings; a
+    miss runs `protect_fn` (default: the engine's `protect`) and stores the result. `folder=None`
+    keeps nothing on disk (every call runs the attack)."""
+
+    def __init__(self, folder: str | Path | None, protect_fn: ProtectFunction | None = None):
+        self.folder = None if folder is None else Path(folder)
+        self._protect_fn = protect_fn
+        self.hits = 0
+        self.misses = 0
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        base = self.folder / key[:2] / key
+        return base.with_suffix(".bin"), base.with_suffix(".json")
+
+    def get(self, data: bytes, settings, progress=None) -> CachedProtection:
+        key = cache_key(data, settings)
+        if self.folder is not None:
+            blob_path, meta_path = self._paths(key)
+            if blob_path.is_file() and meta_path.is_file():
+                meta = json.loads(meta_path.read_text())
+                self.hits += 1
+                return CachedProtection(blob_path.read_bytes(), meta["format"],
+                                        tuple(tuple(b) for b in meta["boxes"]), meta["seconds"],
+                                        meta["photo_psnr"], from_cache=True)
+        self.misses += 1
+        protect_fn = self._protect_fn
+        if protect_fn is None:
+            from .protect import protect as protect_fn
+        result = protect_fn(data, settings, progress)
+        entry = CachedProtection(result.data, result.format, tuple(tuple(float(v) for v in f.box) for f in result.faces),
+                                 float(result.seconds), result.photo_psnr)
+        if self.folder is not None:
+            blob_path, meta_path = self._paths(key)
+            blob_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = blob_path.with_suffix(".bin.tmp")
+            temporary.write_bytes(entry.data)
+            temporary.replace(blob_path)
+            meta_path.write_text(json.dumps({"format": entry.format, "boxes": entry.boxes, "seconds": entry.seconds,
+                                             "photo_psnr": entry.photo_psnr, "settings": settings_key(settings)},
+                                            default=list))
+        return entry
+
+
+# --- recognizers as a face search sees them ----------------------------------------------------
+
+@dataclass(frozen=True)
+class RecognizerInfo:
+    id: str
+    metric: str           # "cosine" (unit embeddings) or "euclidean"
+    detector: str         # what finds the faces it embeds
+
+
+class Observer(Protocol):
+    """Finds the subject's face in an encoded photo and embeds it with one or more recognizers."""
+
+    recognizers: tuple[RecognizerInfo, ...]
+
+    def observe(self, data: bytes) -> dict[str, torch.Tensor]:
+        """recognizer id -> embedding (D,); a recognizer is absent when no face was found."""
+
+
+def observe_many(observer, photos: Sequence[bytes]) -> list[dict[str, torch.Tensor]]:
+    """`observer.observe` on each photo; batched when the observer has `observe_many`."""
+    if hasattr(observer, "observe_many"):
+        return observer.observe_many(photos)
+    return [observer.observe(data) for data in photos]
+
+
+class MtcnnObserver:
+    """Our MTCNN detector on the photo as it arrives, the central face's landmarks, then each of
+    our recognizers (`Recognizer.embed`: its own alignment template and preprocessing)."""
+
+    def __init__(self, recognizer_ids: Sequence[str], device: str | torch.device = "cpu"):
+        from .detect import load_detector
+        from .recognizers import load_recognizer
+
+        self.device = torch.device(device)
+        self.detector = load_detector(self.device)
+        self.models = {r: load_recognizer(r, self.device) for r in recognizer_ids}
+        self.recognizers = tuple(RecognizerInfo(r, "cosine", "mtcnn") for r in recognizer_ids)
+
+    def observe(self, data: bytes) -> dict[str, torch.Tensor]:
+        return self.observe_many([data])[0]
+
+    @torch.no_grad()
+    def observe_many(self, photos: Sequence[bytes]) -> list[dict[str, torch.Tensor]]:
+        """One detector call for all photos; one embedding batch per photo size and recognizer."""
+        from .decode import decode_image
+
+        pixels = [decode_image(data).pixels.to(self.device) for data in photos]
+        found = self.detector.detect(pixels) if pixels else []
+        out: list[dict[str, torch.Tensor]] = [{} for _ in photos]
+        by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        for index, (image, faces) in enumerate(zip(pixels, found)):
+            face = most_central(faces, image.shape[2], image.shape[1])
+            if face is not None:
+                landmarks = torch.as_tensor(face.landmarks, dtype=torch.float32, device=self.device)
+                by_size.setdefault(tuple(image.shape[1:]), []).append((index, landmarks))
+        for members in by_size.values():
+            indices = [i for i, _ in members]
+            images = torch.stack([pixels[i] for i in indices])
+            landmarks = torch.stack([l for _, l in members])
+            for recognizer_id, model in self.models.items():
+                embeddings = model.embed(images, landmarks).cpu()
+                for i, embedding in zip(indices, embeddings):
+                    out[i][recognizer_id] = embedding
+        return out
+
+
+def role_of(recognizer_id: str, settings) -> str:
+    if recognizer_id == REAL_DLIB_ID:
+        return "black-box"
+    if recognizer_id in settings.ensemble:
+        return "attacked"
+    return "held-out"
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+@dataclass
+class EvalConfig:
+    root: str | Path
+    presets: tuple[str, ...] = ("fast",)
+    overrides: dict[str, Any] = field(default_factory=dict)   # ProtectSettings fields, every preset
+    gallery: int = 2                    # protected gallery photos per identity; the rest are probes
+    limit: int | None = None            # first N identities (sorted by name) with enough photos
+    max_per_identity: int | None = None
+    seed: int = 0                       # gallery/probe split and the attack's seed
+    recognizers: tuple[str, ...] = DEFAULT_RECOGNIZERS
+    real_dlib: bool = False
+    transforms: tuple[str, ...] = DEFAULT_TRANSFORMS
+    ranks: tuple[int, ...] = DEFAULT_RANKS
+    device: str = "auto"
+    cache_dir: str | Path | None = None
+    lpips: bool = True                  # report LPIPS when its real backbone is fetched
+
+    def settings(self) -> dict[str, Any]:
+        from .settings import ProtectSettings
+
+        return {p: ProtectSettings.from_preset(p, **{"seed": self.seed, "device": self.device, **self.overrides})
+                for p in self.presets}
+
+
+def split_gallery_probes(photos: Sequence[LabelledPhoto], gallery: int, seed: int
+                         ) -> tuple[list[LabelledPhoto], list[LabelledPhoto]]:
+    """Per identity (with at least gallery + 1 photos), `gallery` photos drawn with the seed form
+    its gallery and the rest its probes. The draw depends only on the seed and the identity's own
+    photos, so --limit does not change which photos of an identity are gallery photos."""
+    if gallery < 1:
+        raise ValueError("the gallery needs at least one photo per identity")
+    by_identity: dict[str, list[LabelledPhoto]] = {}
+    for photo in photos:
+        by_identity.setdefault(photo.identity, []).append(photo)
+    gallery_photos, probes = [], []
+    for identity in sorted(by_identity):
+        members = sorted(by_identity[identity], key=lambda p: p.path.name)
+        if len(members) < gallery + 1:
+            continue
+        chosen = set(random.Random(f"{seed}:{identity}").sample(range(len(members)), gallery))
+        gallery_photos += [p for i, p in enumerate(members) if i in chosen]
+        probes += [p for i, p in enumerate(members) if i not in chosen]
+    return gallery_photos, probes
+
+
+def _summary(values: Iterable[float]) -> dict[str, float] | None:
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), "median": statistics.median(values), "min": min(values),
+            "max": max(values), "n": len(values)}
+
+
+def _face_region(box, width: int, height: int) -> tuple[slice, slice] | None:
+    x1, y1, x2, y2 = box
+    left, top = max(0, int(math.floor(x1))), max(0, int(math.floor(y1)))
+    right, bottom = min(width, int(math.ceil(x2))), min(height, int(math.ceil(y2)))
+    if right - left < 11 or bottom - top < 11:        # SSIM's window
+        return None
+    return slice(top, bottom), slice(left, right)
+
+
+def photo_quality(original: torch.Tensor, protected: torch.Tensor, box, lpips_metric=None) -> dict[str, float | None]:
+    """PSNR/SSIM of the whole photo and of the face box, CIEDE2000 over the face box (mean and
+    95th percentile), and LPIPS of the face box when a real LPIPS is given, between two decoded
+    photos (3, H, W) in [0, 1]."""
+    from .colour import delta_e2000
+    from .perceptual import psnr, ssim
+
+    a, b = original[None], protected[None]
+    quality = {"photo_psnr": float(psnr(b, a)[0]), "photo_ssim": float(ssim(b, a)[0]),
+               "face_psnr": None, "face_ssim": None, "face_delta_e": None, "face_delta_e_p95": None,
+               "face_lpips": None}
+    region = None if box is None else _face_region(box, original.shape[2], original.shape[1])
+    if region is not None:
+        rows, cols = region
+        fa, fb = a[..., rows, cols], b[..., rows, cols]
+        quality["face_psnr"] = float(psnr(fb, fa)[0])
+        quality["face_ssim"] = float(ssim(fb, fa)[0])
+        delta_e = delta_e2000(fa, fb).flatten()
+        quality["face_delta_e"] = float(delta_e.mean())
+        quality["face_delta_e_p95"] = float(torch.quantile(delta_e, 0.95))
+        if lpips_metric is not None and min(fa.shape[-2:]) >= 32:
+            with torch.no_grad():
+                quality["face_lpips"] = float(lpips_metric(fb, fa)[0])
+    return quality
+
+
+def _try_lpips(device) -> tuple[Any, str | None]:
+    from .lpips_metric import LPIPS_NET, load_lpips
+    from .paths import MissingWeightsError
+
+    try:
+        return load_lpips(device), f"LPIPS ({LPIPS_NET}, fetched ImageNet backbone)"
+    except MissingWeightsError as missing:
+        return None, f"not reported: {missing}"
+
+
+def _progress_bar(quiet: bool):
+    from tqdm import tqdm
+
+    def make(iterable=None, **kwargs):
+        return tqdm(iterable, disable=quiet, leave=False, dynamic_ncols=True, **kwargs)
+
+    return make
+
+
+def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = None,
+                   observers: Sequence[Observer] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run the protocol (module docstring). Returns every number and the settings as a JSON-ready
+    dict, plus under the key "_samples" the pixels the contact sheet needs (not JSON)."""
+    from .decode import decode_image
+    from .protect import resolve_device
+
+    started = time.perf_counter()
+    bar = _progress_bar(quiet)
+    settings_by_preset = config.settings()
+    device = resolve_device(config.device)
+    transforms = [parse_transform(t) for t in config.transforms]
+
+    photos = labelled_photos(config.root, min_per_identity=config.gallery + 1,
+                             max_per_identity=config.max_per_identity, max_identities=config.limit)
+    gallery_photos, probe_photos = split_gallery_probes(photos, config.gallery, config.seed)
+    if not probe_photos:
+        raise ValueError(f"no identity under {config.root} has more than {config.gallery} photos")
+    identities = sorted({p.identity for p in gallery_photos})
+    label = {name: i for i, name in enumerate(identities)}
+    gallery_ids = torch.tensor([label[p.identity] for p in gallery_photos])
+    probe_ids = torch.tensor([label[p.identity] for p in probe_photos])
+    originals = [p.path.read_bytes() for p in gallery_photos]
+
+    if observers is None:
+        observers = [MtcnnObserver(config.recognizers, device)]
+        if config.real_dlib:
+            from .real_dlib import RealDlibObserver
+            observers.append(RealDlibObserver())
+    infos = [info for o in observers for info in o.recognizers]
+
+    # 1. protect every gallery photo with every preset (cached: no attack on a rerun)
+    cache = ProtectCache(config.cache_dir, protect_fn)
+    lpips_metric, lpips_label = _try_lpips(device) if config.lpips else (None, "not asked for")
+    protected: dict[str, list[CachedProtection]] = {}
+    quality: dict[str, dict[str, Any]] = {}
+    samples: dict[str, Any] = {"photos": [], "protected": {}}
+    for preset, settings in settings_by_preset.items():
+        results, per_photo = [], []
+        for photo, data in zip(bar(gallery_photos, desc=f"protect ({preset})", unit="photo"), originals):
+            steps = bar(total=settings.steps, desc=photo.path.name, unit="step")
+
+            def progress(stage, done, total, steps=steps):
+                if stage == "attack":
+                    steps.n = done
+                    steps.refresh()
+
+            entry = cache.get(data, settings, progress)
+            steps.close()
+            results.append(entry)
+            original_pixels = decode_image(data).pixels
+            protected_pixels = decode_image(entry.data).pixels
+            box = most_central([_Boxed(b) for b in entry.boxes], original_pixels.shape[2], original_pixels.shape[1])
+            per_photo.append(photo_quality(original_pixels, protected_pixels, None if box is None else box.box,
+                                           lpips_metric))
+            if len(results) <= CONTACT_SHEET_PHOTOS:
+                if len(samples["photos"]) < len(results):
+                    samples["photos"].append((f"{photo.identity}/{photo.path.name}", original_pixels))
+                samples["protected"].setdefault(preset, []).append(protected_pixels)
+        protected[preset] = results
+        quality[preset] = {
+            **{k: _summary(q[k] for q in per_photo)
+               for k in ("photo_psnr", "photo_ssim", "face_psnr", "face_ssim", "face_delta_e", "face_delta_e_p95")},
+            "face_lpips": _summary(q["face_lpips"] for q in per_photo) if lpips_metric is not None else None,
+            "photos": len(results),
+            "photos_without_face_protected": sum(1 for r in results if not r.boxes),
+            "attack_seconds_per_photo": _summary(r.seconds for r in results if r.boxes),
+            "computed_now": sum(1 for r in results if not r.from_cache),
+        }
+
+    # 2. what each recognizer sees: probes as they are, galleries after each upload transform
+    #    (each distinct photo is looked at once: identical bytes share their observation)
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+
+    def observe(photos: list[bytes], progress_bar) -> list[dict[str, torch.Tensor]]:
+        keys = [hashlib.sha256(data).hexdigest() for data in photos]
+        todo = list({k: d for k, d in zip(keys, photos) if k not in seen}.items())
+        for start in range(0, len(todo), OBSERVE_BATCH):
+            chunk = todo[start:start + OBSERVE_BATCH]
+            for key, _ in chunk:
+                seen[key] = {}
+            for observer in observers:
+                for (key, _), found in zip(chunk, observe_many(observer, [d for _, d in chunk])):
+                    seen[key].update(found)
+            progress_bar.update(len(chunk))
+        progress_bar.update(len(photos) - len(todo))
+        return [seen[k] for k in keys]
+
+    with bar(total=len(probe_photos), desc="recognize probes", unit="photo") as progress_bar:
+        probe_views = observe([p.path.read_bytes() for p in probe_photos], progress_bar)
+    gallery_views: dict[tuple[str | None, str], list[dict[str, torch.Tensor]]] = {}
+    jobs = [(None, t) for t in transforms] + [(p, t) for p in settings_by_preset for t in transforms]
+    with bar(total=len(jobs) * len(gallery_photos), desc="recognize galleries", unit="photo") as progress_bar:
+        for preset, transform in jobs:
+            sources = originals if preset is None else [e.data for e in protected[preset]]
+            gallery_views[(preset, transform.name)] = observe([transform.apply(d) for d in sources], progress_bar)
+
+    # 3. the searches
+    rows = []
+    for info in infos:
+        probe_found = torch.tensor([info.id in v for v in probe_views])
+        if not bool(probe_found.any()):
+            continue
+        dim = next(v[info.id] for v in probe_views if info.id in v).shape[0]
+        probes = torch.stack([v.get(info.id, torch.zeros(dim)) for v in probe_views])[probe_found]
+        kept_ids = probe_ids[probe_found]
+
+        def gallery_matrix(views):
+            present = torch.tensor([info.id in v for v in views])
+            embeddings = torch.stack([v.get(info.id, torch.zeros(dim)) for v in views])
+            return similarity_scores(probes, embeddings, present, info.metric), present
+
+        for transform in transforms:
+            clean_scores, clean_present = gallery_matrix(gallery_views[(None, transform.name)])
+            clean_ranks = identity_ranks(clean_scores, gallery_ids, kept_ids)
+            for preset, settings in settings_by_preset.items():
+                protected_scores, protected_present = gallery_matrix(gallery_views[(preset, transform.name)])
+                mixed = own_gallery_swapped(clean_scores, protected_scores, gallery_ids, kept_ids)
+                ranks = identity_ranks(mixed, gallery_ids, kept_ids)
+                own_left = torch.tensor([bool(protected_present[gallery_ids == i].any()) for i in kept_ids])
+                row = {"recognizer": info.id, "role": role_of(info.id, settings), "detector": info.detector,
+                       "preset": preset, "transform": transform.name,
+                       "probes": int(probe_found.sum()), "probes_missed": int((~probe_found).sum()),
+                       "gallery_photos": len(gallery_photos),
+                       "gallery_undetected_clean": float((~clean_present).double().mean()),
+                       "gallery_undetected_protected": float((~protected_present).double().mean()),
+                       "probes_own_gallery_gone": float((~own_left).double().mean()) if len(own_left) else float("nan")}
+                for k in config.ranks:
+                    row[f"rank{k}_clean"] = rank_k_accuracy(clean_ranks, k)
+                    row[f"rank{k}_protected"] = rank_k_accuracy(ranks, k)
+                rows.append(row)
+
+    return {
+        "protocol": {
+            "setting": "identification (LowKey paper): own gallery protected, other identities' galleries clean, "
+                       "clean probes; the clean baseline searches all-clean galleries",
+            "gallery_template": "nearest gallery photo (identities ranked by their best-scoring photo)",
+            "undetected": "a gallery photo whose face the recognizer's detector no longer finds is left out of the "
+                          "gallery (counts as protected); probes whose clean face is not found are left out",
+            "transforms": "applied with Pillow to the encoded gallery photos (clean and protected alike): "
+                          "downscale (LANCZOS) then JPEG; probes untouched",
+        },
+        "config": {
+            "root": str(config.root), "presets": list(config.presets), "overrides": config.overrides,
+            "gallery_per_identity": config.gallery, "limit": config.limit, "seed": config.seed,
+            "recognizers": [dataclasses.asdict(i) for i in infos], "transforms": [dataclasses.asdict(t) for t in transforms],
+            "ranks": list(config.ranks), "device": str(device),
+            "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
+        },
+        "settings": {p: dataclasses.asdict(s) for p, s in settings_by_preset.items()},
+        "dataset": {"identities": len(identities), "gallery_photos": len(gallery_photos), "probes": len(probe_photos)},
+        "perceptual": {"lpips": lpips_label},
+        "quality": quality,
+        "results": rows,
+        "cache": {"hits": cache.hits, "misses": cache.misses},
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "seconds": time.perf_counter() - started},
+        "_samples": samples,
+    }
+
+
+@dataclass(frozen=True)
+class _Boxed:
+    box: tuple[float, float, float, float]
