@@ -18,7 +18,7 @@ import torch
 
 from lowkey_engine.datasets import detect_subjects, labelled_photos
 from lowkey_engine.detect import load_detector
-from lowkey_engine.metrics import roc_auc, verification_pairs
+from lowkey_engine.metrics import verification_auc
 from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
 from lowkey_weights.fetch import is_fetched
 from lowkey_weights.manifest import load_manifest
@@ -65,9 +65,7 @@ def lfw_auc(model_id: str, device: str, faces) -> float:
     recognizer = load_recognizer(model_id, device)
     with torch.no_grad():
         embeddings = torch.cat([recognizer.embed(x.to(device), l.to(device)).cpu() for x, l in faces.batches(32)])
-    pairs, labels = verification_pairs(faces.identities, PAIRS_PER_LABEL, PAIRS_PER_LABEL, seed=0)
-    index = torch.tensor(pairs)
-    return roc_auc((embeddings[index[:, 0]] * embeddings[index[:, 1]]).sum(1), labels)
+    return verification_auc(embeddings, faces.identities, PAIRS_PER_LABEL, seed=0)[0]
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ same alone or inside a batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,10 +143,6 @@ class GraphNet(nn.Module):
             buffer = _buffer_name(name)
             self.register_buffer(buffer, torch.as_tensor(tensor).clone())
             self._constant_buffers[name] = buffer
-
-    @classmethod
-    def load(cls, path: str | Path) -> "GraphNet":
-        return cls(torch.load(path, map_location="cpu", weights_only=True))
 
     def forward(self, x: Tensor) -> Tensor:
         values: dict[str, Tensor] = {self.input_name: x}

@@ -33,6 +33,18 @@ def roc_auc(scores: Sequence[float] | Tensor, labels: Sequence[bool] | Tensor) -
     return float(u / (n_pos * n_neg))
 
 
+def verification_auc(embeddings: Tensor, identities: Sequence[str], pairs_per_label: int,
+                     seed: int = 0) -> tuple[float, int, int]:
+    """1:1 verification ROC AUC of unit embeddings (N, D) labelled by `identities`, over up to
+    `pairs_per_label` same-identity and exactly that many different-identity pairs, scored by
+    cosine. Returns (AUC, same-identity pairs used, different-identity pairs used)."""
+    pairs, labels = verification_pairs(identities, pairs_per_label, pairs_per_label, seed=seed)
+    index = torch.tensor(pairs)
+    scores = (embeddings[index[:, 0]] * embeddings[index[:, 1]]).sum(1)
+    same = sum(labels)
+    return roc_auc(scores, labels), same, len(labels) - same
+
+
 def verification_pairs(identities: Sequence[str], n_same: int, n_different: int,
                        seed: int = 0) -> tuple[list[tuple[int, int]], list[bool]]:
     """Index pairs (i, j), i != j, into a list of samples labelled by `identities`, with a label

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lowkey_engine.graphnet import GraphNet
+from lowkey_engine.nets import load_net
 from lowkey_weights.converters import faceapi_dlib
 from lowkey_weights.converters.faceapi_dlib import (
     INPUT_SIZE, RESIDUAL_BLOCKS, STEM_BLOCK, FaceRecognitionNetBuilder, FeatureMap, build_checkpoint,
@@ -170,7 +171,7 @@ def test_convert_runs_face_api_network(tmp_path):
     weights = network_weights()
     output = tmp_path / "dlib-resnet.pt"
     faceapi_dlib.convert(write_tfjs(weights, tmp_path), output)
-    net = GraphNet.load(output).eval()
+    net = load_net(output).eval()
     x = torch.from_numpy(np.random.default_rng(2).normal(size=(2, INPUT_SIZE, INPUT_SIZE, 3)))
     with torch.no_grad():
         ours = net(x.permute(0, 3, 1, 2).float())

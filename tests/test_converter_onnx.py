@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from lowkey_engine.graphnet import GraphNet
+from lowkey_engine.nets import load_net
 from lowkey_weights.converters.onnx import OnnxConversionError, convert, convert_model
 
 OPSET = 13
@@ -86,7 +87,7 @@ def test_converted_model_matches_torch_reference(tmp_path, batch):
     source, converted = tmp_path / "model.onnx", tmp_path / "model.pt"
     onnx.save(model, source)
     convert({"model": source}, converted)
-    net = GraphNet.load(converted)
+    net = load_net(converted)
     x = torch.from_numpy(rng.standard_normal((batch, *INPUT_SHAPE[1:])).astype(np.float32))
     with torch.no_grad():
         got = net(x)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowkey_engine.graphnet import GraphNet
+from lowkey_engine.nets import load_net
 from lowkey_engine.paths import converted_path
 from lowkey_weights.converters import tfjs_graph
 
@@ -100,7 +100,7 @@ def test_tiny_graph_matches_hand_reference(tmp_path):
     files, weights = _tiny_model(tmp_path, np.random.default_rng(0))
     output = tmp_path / "tiny.pt"
     tfjs_graph.convert(files, output, output_node="pool")
-    net = GraphNet.load(output)
+    net = load_net(output)
     x = torch.randn(3, IN_CHANNELS, HEIGHT, WIDTH)
     got = net(x)
     assert got.shape == (3, OUT_CHANNELS)
@@ -151,7 +151,7 @@ def test_converted_faceres_embeds_batch_independently(model_id):
     path = converted_path(model_id)
     if not path.is_file():
         pytest.skip(f"{model_id} not fetched (lowkey weights fetch {model_id})")
-    net = GraphNet.load(path)
+    net = load_net(path)
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 255
     with torch.no_grad():
         both, first = net(x), net(x[:1])
