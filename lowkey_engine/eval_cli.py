@@ -50,6 +50,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", type=int, default=2,
                         help="protected gallery photos per identity; the others are clean probes (default 2)")
     parser.add_argument("--limit", type=int, help="only the first N identities (sorted by name)")
+    parser.add_argument("--protect-limit", type=int,
+                        help="protect and probe only the first N identities; every other identity's clean "
+                             "gallery stays in the search as a distractor (a quicker run, same search size)")
     parser.add_argument("--max-per-identity", type=int, help="use at most this many photos of an identity")
     parser.add_argument("--seed", type=int, default=0, help="gallery/probe split and attack seed")
     parser.add_argument("--recognizers", nargs="+", default=list(DEFAULT_RECOGNIZERS),
@@ -75,7 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     config = EvalConfig(root=args.folder, presets=tuple(args.presets or ["fast"]), overrides=dict(args.overrides),
-                        gallery=args.gallery, limit=args.limit, max_per_identity=args.max_per_identity,
+                        gallery=args.gallery, limit=args.limit, protect_limit=args.protect_limit, max_per_identity=args.max_per_identity,
                         seed=args.seed, recognizers=tuple(args.recognizers), real_dlib=args.real_dlib,
                         transforms=tuple(args.transforms), ranks=tuple(args.ranks), device=args.device,
                         cache_dir=cache_dir, lpips=not args.no_lpips)

@@ -295,6 +295,7 @@ class EvalConfig:
     overrides: dict[str, Any] = field(default_factory=dict)   # ProtectSettings fields, every preset
     gallery: int = 2                    # protected gallery photos per identity; the rest are probes
     limit: int | None = None            # first N identities (sorted by name) with enough photos
+    protect_limit: int | None = None    # protect (and probe) only the first N of them; the rest are distractors
     max_per_identity: int | None = None
     seed: int = 0                       # gallery/probe split and the attack's seed
     recognizers: tuple[str, ...] = DEFAULT_RECOGNIZERS
@@ -414,6 +415,11 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
     if not probe_photos:
         raise ValueError(f"no identity under {config.root} has more than {config.gallery} photos")
     identities = sorted({p.identity for p in gallery_photos})
+    # Subjects: the identities whose galleries are protected and whose probes search. The others
+    # only add their clean galleries to the search (distractors), as a face database would.
+    subjects = set(identities[:config.protect_limit] if config.protect_limit else identities)
+    probe_photos = [p for p in probe_photos if p.identity in subjects]
+    subject_gallery = [i for i, p in enumerate(gallery_photos) if p.identity in subjects]
     label = {name: i for i, name in enumerate(identities)}
     gallery_ids = torch.tensor([label[p.identity] for p in gallery_photos])
     probe_ids = torch.tensor([label[p.identity] for p in probe_photos])
@@ -430,11 +436,13 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
     cache = ProtectCache(config.cache_dir, protect_fn)
     lpips_metric, lpips_label = _try_lpips(device) if config.lpips else (None, "not asked for")
     protected: dict[str, list[CachedProtection]] = {}
+    protected_data: dict[str, list[bytes]] = {}      # every gallery photo as uploaded, per preset
     quality: dict[str, dict[str, Any]] = {}
     samples: dict[str, Any] = {"photos": [], "protected": {}}
     for preset, settings in settings_by_preset.items():
         results, per_photo = [], []
-        for photo, data in zip(bar(gallery_photos, desc=f"protect ({preset})", unit="photo"), originals):
+        for index in bar(subject_gallery, desc=f"protect ({preset})", unit="photo"):
+            photo, data = gallery_photos[index], originals[index]
             steps = bar(total=settings.steps, desc=photo.path.name, unit="step")
 
             def progress(stage, done, total, steps=steps):
@@ -455,6 +463,10 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
                     samples["photos"].append((f"{photo.identity}/{photo.path.name}", original_pixels))
                 samples["protected"].setdefault(preset, []).append(protected_pixels)
         protected[preset] = results
+        as_uploaded = list(originals)            # distractors' galleries stay clean
+        for index, entry in zip(subject_gallery, results):
+            as_uploaded[index] = entry.data
+        protected_data[preset] = as_uploaded
         quality[preset] = {
             **{k: _summary(q[k] for q in per_photo)
                for k in ("photo_psnr", "photo_ssim", "face_psnr", "face_ssim", "face_delta_e", "face_delta_e_p95")},
@@ -489,7 +501,7 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
     jobs = [(None, t) for t in transforms] + [(p, t) for p in settings_by_preset for t in transforms]
     with bar(total=len(jobs) * len(gallery_photos), desc="recognize galleries", unit="photo") as progress_bar:
         for preset, transform in jobs:
-            sources = originals if preset is None else [e.data for e in protected[preset]]
+            sources = originals if preset is None else protected_data[preset]
             gallery_views[(preset, transform.name)] = observe([transform.apply(d) for d in sources], progress_bar)
 
     # 3. the searches
@@ -539,13 +551,15 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
         },
         "config": {
             "root": str(config.root), "presets": list(config.presets), "overrides": config.overrides,
-            "gallery_per_identity": config.gallery, "limit": config.limit, "seed": config.seed,
+            "gallery_per_identity": config.gallery, "limit": config.limit,
+            "protect_limit": config.protect_limit, "seed": config.seed,
             "recognizers": [dataclasses.asdict(i) for i in infos], "transforms": [dataclasses.asdict(t) for t in transforms],
             "ranks": list(config.ranks), "device": str(device),
             "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
         },
         "settings": {p: dataclasses.asdict(s) for p, s in settings_by_preset.items()},
-        "dataset": {"identities": len(identities), "gallery_photos": len(gallery_photos), "probes": len(probe_photos)},
+        "dataset": {"identities": len(identities), "subjects": len(subjects), "gallery_photos": len(gallery_photos),
+                    "protected_gallery_photos": len(subject_gallery), "probes": len(probe_photos)},
         "perceptual": {"lpips": lpips_label},
         "quality": quality,
         "results": rows,

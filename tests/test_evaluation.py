@@ -207,7 +207,8 @@ def test_protocol_with_a_fake_attack_and_recognizer(tmp_path):
                         cache_dir=tmp_path / "cache")
     results = run_evaluation(config, protect_fn=fake, observers=[FakeObserver()], quiet=True)
     assert fake.calls == 4
-    assert results["dataset"] == {"identities": 4, "gallery_photos": 4, "probes": 8}
+    assert results["dataset"] == {"identities": 4, "subjects": 4, "gallery_photos": 4,
+                                  "protected_gallery_photos": 4, "probes": 8}
     rows = {r["transform"]: r for r in results["results"]}
     for row in rows.values():
         assert row["rank1_clean"] == 1.0 and row["rank5_clean"] == 1.0
@@ -231,6 +232,23 @@ def test_protocol_with_a_fake_attack_and_recognizer(tmp_path):
     for key in ("plot", "contact_sheet"):
         with Image.open(paths[key]) as image:
             assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_protect_limit_keeps_the_other_identities_as_clean_distractors(tmp_path):
+    root = _colour_folder(tmp_path / "photos")
+    fake = FakeProtect()
+    config = EvalConfig(root=root, gallery=1, protect_limit=2, transforms=("none",), device="cpu", cache_dir=None)
+    results = run_evaluation(config, protect_fn=fake, observers=[FakeObserver()], quiet=True)
+    assert fake.calls == 2                                   # only ann's and bob's gallery photos
+    assert results["dataset"] == {"identities": 4, "subjects": 2, "gallery_photos": 4,
+                                  "protected_gallery_photos": 2, "probes": 4}
+    row, = results["results"]
+    assert row["probes"] == 4 and row["rank1_clean"] == 1.0
+    # ann's and bob's inverted galleries are the farthest of the four: rank 4 of 4
+    assert row["rank1_protected"] == 0.0 and row["rank5_protected"] == 1.0
+    assert row["gallery_undetected_protected"] == 0.0
+    assert results["quality"]["fast"]["photos"] == 2
+    assert "those of the first 2 identities protected" in write_report(results, tmp_path / "out")["markdown"].read_text()
 
 
 # --- end to end, real models ----------------------------------------------------------------------
