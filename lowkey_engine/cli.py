@@ -5,6 +5,7 @@
     lowkey weights fetch [IDS] [--force]
     lowkey detect PHOTO...              faces found, with boxes
     lowkey eval FOLDER [--preset P...] [--limit N] [--real-dlib]   identification accuracy, clean vs protected
+    lowkey side-by-side PHOTO... [--out SHEET.png] [--blind-dir DIR]   before | after | change, to look at
 """
 
 from __future__ import annotations
@@ -157,8 +158,10 @@ def _summary(photo: Path, target: Path, result) -> str:
         return f"{photo} -> {target}: no face found; metadata removed, pixels untouched ({result.seconds:.1f} s)"
     face_ssim = min(f.ssim for f in result.faces)
     face_psnr = min(f.psnr for f in result.faces)
+    face_delta_e = max(f.delta_e_p95 for f in result.faces)
     return (f"{photo} -> {target}: {result.face_count} face(s) protected in {result.seconds:.1f} s "
-            f"on {result.device}; faces PSNR >= {face_psnr:.1f} dB, SSIM >= {face_ssim:.3f}")
+            f"on {result.device}; faces PSNR >= {face_psnr:.1f} dB, SSIM >= {face_ssim:.3f}, "
+            f"ΔE2000 p95 <= {face_delta_e:.2f}")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -167,10 +170,40 @@ def _eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def _side_by_side(args: argparse.Namespace) -> int:
+    from .decode import ImageError
+    from .settings import ProtectSettings
+    from .side_by_side import compare, write_blind_pairs, write_sheet
+
+    if not args.out and not args.blind_dir:
+        print("lowkey side-by-side: give --out SHEET.png, --blind-dir FOLDER, or both", file=sys.stderr)
+        return 2
+    settings = ProtectSettings.from_preset(args.preset, device=args.device, seed=args.seed)
+    comparisons, failures = [], 0
+    for photo, _ in _inputs(args.paths):
+        try:
+            comparison = compare(photo, settings)
+        except (ImageError, OSError) as exc:
+            print(f"{photo}: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        comparisons.append(comparison)
+        worst = max((f.delta_e_p95 for f in comparison.faces), default=float("nan"))
+        print(f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}")
+    if comparisons and args.out:
+        write_sheet(comparisons, args.preset, Path(args.out), args.amplify)
+        print(f"wrote {args.out}")
+    if comparisons and args.blind_dir:
+        write_blind_pairs(comparisons, Path(args.blind_dir), args.seed)
+        print(f"wrote {len(comparisons)} blind pair(s) to {args.blind_dir}; which side is protected: key.json")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowkey", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from .report import DIFFERENCE_AMPLIFY
     from .settings import PRESETS
 
     protect = commands.add_parser("protect", help="protect every face in photos")
@@ -198,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("photos", nargs="+")
     detect.add_argument("--device", default="cpu")
     detect.set_defaults(run=_detect)
+
+    sheet = commands.add_parser("side-by-side", help="pictures of photos before and after protection")
+    sheet.add_argument("paths", nargs="+", help="photos and folders (searched recursively)")
+    sheet.add_argument("--out", help="sheet PNG: each photo's central face, original | protected | change amplified")
+    sheet.add_argument("--blind-dir", help="folder for full-size pairs in random order (key.json says which is which)")
+    sheet.add_argument("--amplify", type=float, default=DIFFERENCE_AMPLIFY,
+                       help=f"how much the change column amplifies (default {DIFFERENCE_AMPLIFY:g})")
+    sheet.add_argument("--preset", choices=list(PRESETS), default="standard")
+    sheet.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    sheet.add_argument("--seed", type=int, default=0, help="attack seed and the blind pairs' order")
+    sheet.set_defaults(run=_side_by_side)
 
     from .eval_cli import add_eval_arguments
 
