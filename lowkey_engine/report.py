@@ -50,6 +50,14 @@ def _num(summary: dict | None, key: str = "mean", digits: int = 3) -> str:
     return "–" if not summary else f"{summary[key]:.{digits}f}"
 
 
+def _protected_part(dataset: dict[str, Any]) -> str:
+    protected = dataset.get("protected_gallery_photos", dataset["gallery_photos"])
+    if protected == dataset["gallery_photos"]:
+        return "all protected"
+    return (f"those of the first {dataset['subjects']} identities protected ({protected} photos; "
+            "the others are clean distractors)")
+
+
 def markdown(results: dict[str, Any]) -> str:
     config, dataset = results["config"], results["dataset"]
     ranks = config["ranks"]
@@ -57,8 +65,8 @@ def markdown(results: dict[str, Any]) -> str:
         "# lowkey eval",
         "",
         f"Folder `{config['root']}`: {dataset['identities']} identities, {dataset['gallery_photos']} gallery photos "
-        f"({config['gallery_per_identity']} per identity, protected), {dataset['probes']} clean probes; seed {config['seed']}; "
-        f"device {config['device']}. Overrides: {config['overrides'] or 'none'}.",
+        f"({config['gallery_per_identity']} per identity), {_protected_part(dataset)}, {dataset['probes']} clean probes; "
+        f"seed {config['seed']}; device {config['device']}. Overrides: {config['overrides'] or 'none'}.",
         "",
         "Protocol: for each probe its own identity's gallery is protected and every other identity's gallery is "
         "clean; the nearest gallery photo decides (rank-k: the true identity among the k identities with the "
@@ -139,29 +147,33 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def _tile(pixels: torch.Tensor) -> Image.Image:
+def _tile(pixels: torch.Tensor, cell: int) -> Image.Image:
     array = (pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     image = Image.fromarray(array)
-    image.thumbnail((SHEET_CELL, SHEET_CELL), Image.Resampling.LANCZOS)
+    if max(image.size) < cell:                # small faces: enlarge (nearest keeps the pixels visible)
+        factor = cell // max(image.size)
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    image.thumbnail((cell, cell), Image.Resampling.LANCZOS)
     return image
 
 
-def contact_sheet(samples: dict[str, Any], path: Path, amplify: float = DIFFERENCE_AMPLIFY) -> None:
-    """Rows = gallery photos; columns = original, then per preset: protected, and the change
-    amplified `amplify` times around mid-grey."""
+def contact_sheet(samples: dict[str, Any], path: Path, amplify: float = DIFFERENCE_AMPLIFY,
+                  cell: int = SHEET_CELL) -> None:
+    """Rows = photos; columns = original, then per preset: protected, and the change amplified
+    `amplify` times around mid-grey. Each picture fits a `cell` x `cell` square."""
     photos = samples.get("photos", [])
     presets = list(samples.get("protected", {}))
     columns = ["original"] + [c for p in presets for c in (p, f"{p} change x{amplify:g}")]
-    sheet = Image.new("RGB", (SHEET_CELL * len(columns), SHEET_LABEL + SHEET_CELL * max(1, len(photos))), "white")
+    sheet = Image.new("RGB", (cell * len(columns), SHEET_LABEL + cell * max(1, len(photos))), "white")
     draw = ImageDraw.Draw(sheet)
     for c, title in enumerate(columns):
-        draw.text((c * SHEET_CELL + 4, 2), title, fill="black")
+        draw.text((c * cell + 4, 2), title, fill="black")
     for r, (name, original) in enumerate(photos):
-        y = SHEET_LABEL + r * SHEET_CELL
-        sheet.paste(_tile(original), (0, y))
+        y = SHEET_LABEL + r * cell
+        sheet.paste(_tile(original, cell), (0, y))
         for p, preset in enumerate(presets):
             protected = samples["protected"][preset][r]
-            sheet.paste(_tile(protected), ((1 + 2 * p) * SHEET_CELL, y))
-            sheet.paste(_tile(0.5 + amplify * (protected - original)), ((2 + 2 * p) * SHEET_CELL, y))
-        draw.text((4, y + SHEET_CELL - 14), name[-32:], fill="yellow")
+            sheet.paste(_tile(protected, cell), ((1 + 2 * p) * cell, y))
+            sheet.paste(_tile(0.5 + amplify * (protected - original), cell), ((2 + 2 * p) * cell, y))
+        draw.text((4, y + cell - 14), name[-32:], fill="yellow")
     sheet.save(path)
