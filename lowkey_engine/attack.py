@@ -2,10 +2,17 @@
 
 Maximise, over an ensemble of recognizers, the squared distance between the unit embedding of the
 clean face and that of the protected face, each member seeing both the protected face and a
-Gaussian-smoothed copy of it; minus a perceptual penalty (weight x (1 - SSIM)); signed-gradient
-steps from a small random start, optionally within an L-infinity budget. Beyond the paper, every
-step sees the face after a random upload pipeline (downscale, JPEG, sub-pixel shift), so the
-protection survives what social sites do to photos.
+Gaussian-smoothed copy of it; minus a perceptual penalty (weight x (1 - SSIM), or with an SSIM floor
+weight x max(0, floor - SSIM): free above the floor, a wall below it); signed-gradient
+steps from a small random start, within a per-pixel budget (budget.py: optionally luma only and
+following local texture, so the change stays where the eye does not see it).
+
+Beyond the paper, for transfer to recognizers it never saw and robustness to uploads:
+- every step sees the face after a random upload pipeline (downscale, JPEG), so the protection
+  survives what social sites do to photos;
+- every step aligns the face a little differently (shift, zoom, rotation of the landmarks), as
+  other recognizers crop faces with other templates;
+- momentum on the normalised gradient (MI-FGSM, Dong et al. 2018) steadies the direction.
 
     attack = LowKeyAttack(recognizers, steps=40)
     change = attack(crops, landmarks, mask)          # protected = clamp(crops + mask * change)
@@ -19,6 +26,7 @@ from dataclasses import KW_ONLY, dataclass, fields
 import torch
 from torch import Tensor
 
+from .budget import PerceptualBudget
 from .perceptual import ssim
 from .recognizers import Recognizer
 from .settings import ProtectSettings
@@ -44,20 +52,30 @@ class LowKeyAttack:
     steps: int = _DEFAULTS.steps
     step_size: float = _DEFAULTS.step_size
     epsilon: float | None = _DEFAULTS.epsilon
+    colour: str = _DEFAULTS.colour
+    texture_floor: float = _DEFAULTS.texture_floor
+    texture_reference: float = _DEFAULTS.texture_reference
+    delta_e_cap: float | None = _DEFAULTS.delta_e_cap
+    momentum: float = _DEFAULTS.momentum
     random_start: float = _DEFAULTS.random_start
     penalty_weight: float = _DEFAULTS.penalty_weight
+    ssim_floor: float | None = _DEFAULTS.ssim_floor
     blur_kernel: int = _DEFAULTS.blur_kernel
     blur_sigma: float = _DEFAULTS.blur_sigma
     robust: bool = _DEFAULTS.robust
     jpeg_quality: tuple[int, int] = _DEFAULTS.jpeg_quality
     downscale: tuple[float, float] = _DEFAULTS.downscale
     shift_px: float = _DEFAULTS.shift_px
+    align_zoom: float = _DEFAULTS.align_zoom
+    align_rotation_deg: float = _DEFAULTS.align_rotation_deg
     seed: int = _DEFAULTS.seed
 
     def __post_init__(self):
         if not self.recognizers:
             raise ValueError("the attack needs at least one recognizer")
         self.recognizers = list(self.recognizers)
+        self.budget = PerceptualBudget(self.epsilon, self.colour, self.texture_floor, self.texture_reference,
+                                       self.delta_e_cap)
 
     @classmethod
     def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer]) -> "LowKeyAttack":
@@ -89,41 +107,66 @@ class LowKeyAttack:
             total = total + (sharp - reference).pow(2).sum(1) + (blurred - reference).pow(2).sum(1)
         return total
 
+    def _dissimilarity(self, protected: Tensor, crops: Tensor, mask: Tensor) -> Tensor:
+        """Per face (N,): 1 - SSIM, or with a floor only the shortfall below it."""
+        similarity = ssim(protected, crops, weight=mask)
+        if self.ssim_floor is None:
+            return 1 - similarity
+        return (self.ssim_floor - similarity).clamp_min(0)
+
+    def _jitter_landmarks(self, landmarks: Tensor, generator: torch.Generator) -> Tensor:
+        """A random similarity transform of each face's landmarks about their centre: shift by up
+        to `shift_px`, zoom by up to +-`align_zoom` (relative), rotate by up to
+        +-`align_rotation_deg`. The recognizers then see the face cropped a little differently."""
+        count = landmarks.shape[0]
+
+        def uniform(*shape: int) -> Tensor:
+            return (torch.rand(count, *shape, generator=generator) * 2 - 1).to(landmarks)
+
+        centre = landmarks.mean(1, keepdim=True)
+        scale = 1 + self.align_zoom * uniform(1, 1)
+        angle = torch.deg2rad(self.align_rotation_deg * uniform(1, 1))
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        offset = landmarks - centre
+        rotated = torch.stack([cos[..., 0] * offset[..., 0] - sin[..., 0] * offset[..., 1],
+                               sin[..., 0] * offset[..., 0] + cos[..., 0] * offset[..., 1]], dim=-1)
+        return centre + scale * rotated + self.shift_px * uniform(1, 2)
+
     def __call__(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
                  progress: ProgressCallback | None = None) -> Tensor:
         """The change to add to each crop.
 
         crops: (N, 3, S, S) RGB in [0, 1]; landmarks: (N, 5, 2) in crop pixels; mask: (N, 1, S, S)
         in [0, 1], how much of the change reaches each pixel (feathering); None = everywhere.
-        Returns (N, 3, S, S) with crops + mask * change inside [0, 1] and |change| <= epsilon.
+        Returns (N, 3, S, S) RGB with crops + mask * change inside [0, 1] and within the budget
+        (|change| <= epsilon, less in flat areas when the budget follows texture, and within the
+        ΔE2000 cap when there is one).
         """
         generator = torch.Generator().manual_seed(self.seed)
         crops = crops.detach()
         mask = torch.ones_like(crops[:, :1]) if mask is None else mask.detach()
+        budget = self.budget
         with torch.no_grad():
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
-        start = (torch.rand(crops.shape, generator=generator) * 2 - 1) * self.random_start
-        change = self._project(start.to(crops.device, crops.dtype), crops, mask)
+            limits = budget.limits(crops)
+        shape = (crops.shape[0], budget.channels, *crops.shape[-2:])
+        start = (torch.rand(shape, generator=generator) * 2 - 1) * self.random_start
+        change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits)
+        velocity = torch.zeros_like(change)
         for step in range(self.steps):
             change.requires_grad_(True)
-            protected = crops + mask * change
-            jitter = (torch.rand(landmarks.shape[0], 1, 2, generator=generator) * 2 - 1) * self.shift_px
+            protected = crops + mask * budget.to_rgb(change)
             seen = self._upload_pipeline(protected, generator)
-            distance = self._embedding_distance(seen, landmarks + jitter.to(landmarks), clean)
-            penalty = self.penalty_weight * (1 - ssim(protected, crops, weight=mask))
+            jittered = self._jitter_landmarks(landmarks, generator)
+            distance = self._embedding_distance(seen, jittered, clean)
+            penalty = self.penalty_weight * self._dissimilarity(protected, crops, mask)
             objective = (distance - penalty).sum()
             gradient, = torch.autograd.grad(objective, change)
             with torch.no_grad():
-                change = self._project(change + self.step_size * gradient.sign(), crops, mask)
+                # MI-FGSM: accumulate the gradient normalised per face (mean |g| = 1).
+                scale = gradient.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                velocity = self.momentum * velocity + gradient / scale
+                change = budget.project(change + self.step_size * velocity.sign(), crops, mask, limits)
             if progress:
                 progress("attack", step + 1, self.steps)
-        return change.detach()
-
-    def _project(self, change: Tensor, crops: Tensor, mask: Tensor) -> Tensor:
-        """So that crops + mask * change stays inside [0, 1], then into the L-infinity budget
-        (shrinking towards zero keeps the first condition)."""
-        protected = (crops + mask * change).clamp(0, 1)
-        change = torch.where(mask > 0, (protected - crops) / mask.clamp_min(1e-6), change)
-        if self.epsilon is not None:
-            change = change.clamp(-self.epsilon, self.epsilon)
-        return change
+        return budget.to_rgb(change.detach()).contiguous()

@@ -21,8 +21,14 @@ class ProtectSettings:
     steps: int = 40
     step_size: float = 0.0025                 # per step, [0, 1] pixel units
     epsilon: float | None = 10 / 255          # L-infinity budget on the change; None = unbounded
+    colour: str = "rgb"                       # "rgb": channels move freely; "luma": lightness only (budget.py)
+    texture_floor: float = 1.0                # budget in flat areas, share of epsilon; 1 = uniform budget
+    texture_reference: float = 0.04           # local luma std at which a pixel gets the full epsilon
+    delta_e_cap: float | None = None          # per-pixel CIEDE2000 limit (luma only); None = epsilon alone
+    momentum: float = 0.0                     # MI-FGSM decay of the accumulated gradient; 0 = none
     random_start: float = 0.005               # uniform start in [-r, r]
     penalty_weight: float = 300.0             # weight of (1 - SSIM) between clean and protected face
+    ssim_floor: float | None = None           # penalise only SSIM below this floor; None = all of 1 - SSIM
     blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size
     blur_sigma: float = 3.0
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
@@ -30,7 +36,9 @@ class ProtectSettings:
     robust: bool = True
     jpeg_quality: tuple[int, int] = (60, 90)
     downscale: tuple[float, float] = (0.5, 1.0)
-    shift_px: float = 1.0                     # sub-pixel shifts of the alignment, working pixels
+    shift_px: float = 1.0                     # random shifts of the alignment, working pixels
+    align_zoom: float = 0.0                   # random zoom of the alignment, +- relative
+    align_rotation_deg: float = 0.0           # random rotation of the alignment, +- degrees
     # --- where the perturbation lives
     working_face_px: int = 128                # face box width in the working crop, pixels
     crop_margin: float = 1.8                  # crop side = margin * face box side

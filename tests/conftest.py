@@ -35,3 +35,20 @@ def lfw_faces(faces_dir) -> SubjectFaces:
     faces = detect_subjects(photos, load_detector("cpu"))
     assert faces.missed <= 0.05 * len(photos), "detector missed too many LFW faces"
     return faces
+
+
+@pytest.fixture
+def synthetic_attack_inputs():
+    """(mfn-expo recognizer, two noisy grey 112 px crops, landmarks on its template, feathered
+    masks): the smallest input an attack step runs on."""
+    import torch
+
+    from lowkey_engine.crops import feather_mask
+    from lowkey_engine.recognizers import load_recognizer
+
+    recognizer = load_recognizer("mfn-expo")
+    generator = torch.Generator().manual_seed(0)
+    crops = torch.rand(2, 3, 112, 112, generator=generator) * 0.2 + 0.4
+    landmarks = recognizer._template.expand(2, 5, 2).clone()
+    mask = feather_mask(112, 0.1)[None].expand(2, 1, 112, 112)
+    return recognizer, crops, landmarks, mask

@@ -12,7 +12,6 @@ from PIL import Image
 
 from lowkey_engine.attack import LowKeyAttack
 from lowkey_engine.crops import CropWindow, apply_changes, crop_window, extract, feather_mask, working_crops
-from lowkey_engine.recognizers import load_recognizer
 from lowkey_engine.transforms import downscale_and_back, gaussian_blur, jpeg_approx
 
 
@@ -92,12 +91,8 @@ def test_blur_and_downscale_keep_flat_images_flat():
     torch.testing.assert_close(downscale_and_back(flat, 0.5), flat)
 
 
-def test_attack_keeps_its_budget_and_the_pixel_range_and_moves_the_embedding():
-    recognizer = load_recognizer("mfn-expo")
-    torch.manual_seed(0)
-    crops = torch.rand(2, 3, 112, 112) * 0.2 + 0.4
-    landmarks = recognizer._template.expand(2, 5, 2).clone()
-    mask = feather_mask(112, 0.1)[None].expand(2, 1, 112, 112)
+def test_attack_keeps_its_budget_and_the_pixel_range_and_moves_the_embedding(synthetic_attack_inputs):
+    recognizer, crops, landmarks, mask = synthetic_attack_inputs
     attack = LowKeyAttack([recognizer], steps=3, step_size=0.01, epsilon=0.02, penalty_weight=0.0)
     change = attack(crops, landmarks, mask)
     assert change.abs().max() <= 0.02 + 1e-6
