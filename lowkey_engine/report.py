@@ -150,11 +150,9 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
 def _tile(pixels: torch.Tensor, cell: int) -> Image.Image:
     array = (pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     image = Image.fromarray(array)
-    if max(image.size) < cell:                # small faces: enlarge (nearest keeps the pixels visible)
-        factor = cell // max(image.size)
-        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-    image.thumbnail((cell, cell), Image.Resampling.LANCZOS)
-    return image
+    scale = cell / max(image.size)            # fit the cell: small faces enlarged, big photos shrunk
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.LANCZOS)
 
 
 def contact_sheet(samples: dict[str, Any], path: Path, amplify: float = DIFFERENCE_AMPLIFY,
