@@ -2,10 +2,9 @@
 
 Maximise, over an ensemble of recognizers, the squared distance between the unit embedding of the
 clean face and that of the protected face, each member seeing both the protected face and a
-Gaussian-smoothed copy of it; minus a perceptual penalty (weight x (1 - SSIM), or with an SSIM floor
-weight x max(0, floor - SSIM): free above the floor, a wall below it); signed-gradient
-steps from a small random start, within a per-pixel budget (budget.py: optionally luma only and
-following local texture, so the change stays where the eye does not see it).
+Gaussian-smoothed copy of it; minus a perceptual penalty (weight x (1 - SSIM)); signed-gradient
+steps from a small random start, within a per-pixel budget (budget.py: by default a lightness-only
+change, each pixel within a CIEDE2000 cap, so the change stays where the eye does not see it).
 
 Beyond the paper, for transfer to recognizers it never saw and robustness to uploads:
 - every step sees the face after a random upload pipeline (downscale, JPEG), so the protection
@@ -14,7 +13,7 @@ Beyond the paper, for transfer to recognizers it never saw and robustness to upl
   other recognizers crop faces with other templates;
 - momentum on the normalised gradient (MI-FGSM, Dong et al. 2018) steadies the direction.
 
-    attack = LowKeyAttack(recognizers, steps=40)
+    attack = LowKeyAttack(recognizers, steps=60)
     change = attack(crops, landmarks, mask)          # protected = clamp(crops + mask * change)
 """
 
@@ -59,7 +58,6 @@ class LowKeyAttack:
     momentum: float = _DEFAULTS.momentum
     random_start: float = _DEFAULTS.random_start
     penalty_weight: float = _DEFAULTS.penalty_weight
-    ssim_floor: float | None = _DEFAULTS.ssim_floor
     blur_kernel: int = _DEFAULTS.blur_kernel
     blur_sigma: float = _DEFAULTS.blur_sigma
     robust: bool = _DEFAULTS.robust
@@ -107,13 +105,6 @@ class LowKeyAttack:
             total = total + (sharp - reference).pow(2).sum(1) + (blurred - reference).pow(2).sum(1)
         return total
 
-    def _dissimilarity(self, protected: Tensor, crops: Tensor, mask: Tensor) -> Tensor:
-        """Per face (N,): 1 - SSIM, or with a floor only the shortfall below it."""
-        similarity = ssim(protected, crops, weight=mask)
-        if self.ssim_floor is None:
-            return 1 - similarity
-        return (self.ssim_floor - similarity).clamp_min(0)
-
     def _jitter_landmarks(self, landmarks: Tensor, generator: torch.Generator) -> Tensor:
         """A random similarity transform of each face's landmarks about their centre: shift by up
         to `shift_px`, zoom by up to +-`align_zoom` (relative), rotate by up to
@@ -159,7 +150,7 @@ class LowKeyAttack:
             seen = self._upload_pipeline(protected, generator)
             jittered = self._jitter_landmarks(landmarks, generator)
             distance = self._embedding_distance(seen, jittered, clean)
-            penalty = self.penalty_weight * self._dissimilarity(protected, crops, mask)
+            penalty = self.penalty_weight * (1 - ssim(protected, crops, weight=mask))
             objective = (distance - penalty).sum()
             gradient, = torch.autograd.grad(objective, change)
             with torch.no_grad():
