@@ -29,7 +29,6 @@ class ProtectSettings:
     momentum: float = 0.9                     # MI-FGSM decay of the accumulated gradient; 0 = none
     random_start: float = 0.005               # uniform start in [-r, r]
     penalty_weight: float = 100.0             # weight of (1 - SSIM) between clean and protected crop
-    ssim_floor: float | None = None           # penalise only SSIM below this floor; None = all of 1 - SSIM
     blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size
     blur_sigma: float = 3.0
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
