@@ -355,8 +355,7 @@ def photo_quality(original: torch.Tensor, protected: torch.Tensor, box, lpips_me
     """PSNR/SSIM of the whole photo and of the face box, CIEDE2000 over the face box (mean and
     95th percentile), and LPIPS of the face box when a real LPIPS is given, between two decoded
     photos (3, H, W) in [0, 1]."""
-    from .colour import delta_e2000
-    from .perceptual import psnr, ssim
+    from .perceptual import psnr, region_quality, ssim
 
     a, b = original[None], protected[None]
     quality = {"photo_psnr": float(psnr(b, a)[0]), "photo_ssim": float(ssim(b, a)[0]),
@@ -366,11 +365,7 @@ def photo_quality(original: torch.Tensor, protected: torch.Tensor, box, lpips_me
     if region is not None:
         rows, cols = region
         fa, fb = a[..., rows, cols], b[..., rows, cols]
-        quality["face_psnr"] = float(psnr(fb, fa)[0])
-        quality["face_ssim"] = float(ssim(fb, fa)[0])
-        delta_e = delta_e2000(fa, fb).flatten()
-        quality["face_delta_e"] = float(delta_e.mean())
-        quality["face_delta_e_p95"] = float(torch.quantile(delta_e, 0.95))
+        quality.update({f"face_{k}": v for k, v in region_quality(fa, fb).items()})
         if lpips_metric is not None and min(fa.shape[-2:]) >= 32:
             with torch.no_grad():
                 quality["face_lpips"] = float(lpips_metric(fb, fa)[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from .colour import delta_e2000
 from .transforms import gaussian_kernel
 
 SSIM_WINDOW = 11
@@ -49,3 +50,15 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
     """Peak signal-to-noise ratio in dB per image (N,), for pixels in [0, 1]."""
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return -10.0 * mse.log10()
+
+
+def region_quality(original: Tensor, changed: Tensor) -> dict[str, float]:
+    """How much one region (1, 3, h, w) changed, h and w >= 1: PSNR (dB), SSIM (NaN when the
+    region is smaller than SSIM's window), CIEDE2000 per pixel mean and 95th percentile."""
+    import torch
+
+    difference = delta_e2000(original, changed).flatten()
+    small = min(original.shape[-2:]) < SSIM_WINDOW
+    return {"psnr": float(psnr(changed, original)[0]),
+            "ssim": float("nan") if small else float(ssim(changed, original)[0]),
+            "delta_e": float(difference.mean()), "delta_e_p95": float(torch.quantile(difference, 0.95))}

@@ -20,12 +20,11 @@ import torch
 from PIL import Image
 
 from .attack import LowKeyAttack, ProgressCallback
-from .colour import delta_e2000
 from .crops import apply_changes, working_crops
 from .decode import decode_image
 from .detect import FaceDetector, load_detector
 from .encode import encode_image, strip_metadata_only
-from .perceptual import psnr, ssim
+from .perceptual import psnr, region_quality
 from .recognizers import Recognizer, load_recognizer
 from .settings import ProtectSettings
 
@@ -123,12 +122,9 @@ def _face_result(face, original: torch.Tensor, protected: torch.Tensor) -> FaceR
     right, bottom = min(width, int(round(x2))), min(height, int(round(y2)))
     a = original[None, :, top:bottom, left:right]
     b = protected[None, :, top:bottom, left:right]
-    face_ssim = float(ssim(b, a)[0]) if min(a.shape[-2:]) >= 11 else float("nan")
-    difference = delta_e2000(a, b).flatten()
-    if difference.numel() == 0:                # a box with no whole pixel inside the photo
-        return FaceResult((x1, y1, x2, y2), float(face.score), float("nan"), face_ssim)
-    return FaceResult((x1, y1, x2, y2), float(face.score), float(psnr(b, a)[0]), face_ssim,
-                      float(difference.mean()), float(torch.quantile(difference, 0.95)))
+    if a.numel() == 0:                         # a box with no whole pixel inside the photo
+        return FaceResult((x1, y1, x2, y2), float(face.score), float("nan"), float("nan"))
+    return FaceResult((x1, y1, x2, y2), float(face.score), **region_quality(a, b))
 
 
 _ENGINES: dict[tuple[str, tuple[str, ...], int], ProtectionEngine] = {}

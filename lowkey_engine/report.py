@@ -147,9 +147,13 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def to_image(pixels: torch.Tensor) -> Image.Image:
+    """(3, H, W) RGB in [0, 1] -> an 8-bit PIL image."""
+    return Image.fromarray((pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
 def _tile(pixels: torch.Tensor, cell: int) -> Image.Image:
-    array = (pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    image = Image.fromarray(array)
+    image = to_image(pixels)
     scale = cell / max(image.size)            # fit the cell: small faces enlarged, big photos shrunk
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                         Image.Resampling.LANCZOS)

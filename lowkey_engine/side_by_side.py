@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from .datasets import most_central
+from .report import contact_sheet, to_image
 
 #: Face crop for the sheet: this many times the face box's longer side, centred on the box.
 FACE_CROP_MARGIN = 1.6
@@ -66,18 +67,11 @@ def face_crop(comparison: Comparison) -> tuple[torch.Tensor, torch.Tensor]:
 
 def write_sheet(comparisons: list[Comparison], preset: str, path: Path, amplify: float) -> None:
     """Rows = photos (their central face); columns = original, protected, change x `amplify`."""
-    from .report import contact_sheet
-
     crops = [face_crop(c) for c in comparisons]
     samples = {"photos": [(c.name, original) for c, (original, _) in zip(comparisons, crops)],
                "protected": {preset: [protected for _, protected in crops]}}
     path.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(samples, path, amplify=amplify, cell=FACE_CELL)
-
-
-def _image(pixels: torch.Tensor) -> Image.Image:
-    array = (pixels.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    return Image.fromarray(array)
 
 
 def write_blind_pairs(comparisons: list[Comparison], folder: Path, seed: int = 0) -> dict[str, str]:
@@ -92,8 +86,8 @@ def write_blind_pairs(comparisons: list[Comparison], folder: Path, seed: int = 0
                        else (comparison.original, comparison.protected))
         _, height, width = left.shape
         pair = Image.new("RGB", (2 * width + PAIR_GAP, height), "white")
-        pair.paste(_image(left), (0, 0))
-        pair.paste(_image(right), (width + PAIR_GAP, 0))
+        pair.paste(to_image(left), (0, 0))
+        pair.paste(to_image(right), (width + PAIR_GAP, 0))
         name = Path(comparison.name).stem + ".png"
         pair.save(folder / name)
         key[name] = "left" if protected_left else "right"
