@@ -209,7 +209,7 @@ class Connection:
                  "format": outcome.format, "width": outcome.width, "height": outcome.height,
                  "photo_psnr": outcome.photo_psnr, "cached": cached,
                  "faces": [{"box": f.box, "score": f.score, "psnr": f.psnr, "ssim": f.ssim,
-                            "delta_e": f.delta_e, "delta_e_p95": f.delta_e_p95}
+                            "delta_e": f.delta_e, "delta_e_p95": f.delta_e_p95, "shading": f.shading}
                            for f in outcome.faces],
                  **outcome.stats}
         self.send(protocol.result(job.id, job.filename, outcome.mime, outcome.face_count, stats,

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .budget import PerceptualBudget
-from .perceptual import ssim
+from .perceptual import shading_energy, ssim
 from .recognizers import Recognizer
 from .settings import ProtectSettings
 from .transforms import downscale_and_back, gaussian_blur, jpeg_approx
@@ -58,6 +58,8 @@ class LowKeyAttack:
     momentum: float = _DEFAULTS.momentum
     random_start: float = _DEFAULTS.random_start
     penalty_weight: float = _DEFAULTS.penalty_weight
+    shading_weight: float = _DEFAULTS.shading_weight
+    shading_sigma: float = _DEFAULTS.shading_sigma
     blur_kernel: int = _DEFAULTS.blur_kernel
     blur_sigma: float = _DEFAULTS.blur_sigma
     robust: bool = _DEFAULTS.robust
@@ -146,11 +148,14 @@ class LowKeyAttack:
         velocity = torch.zeros_like(change)
         for step in range(self.steps):
             change.requires_grad_(True)
-            protected = crops + mask * budget.to_rgb(change)
+            applied = mask * budget.to_rgb(change)
+            protected = crops + applied
             seen = self._upload_pipeline(protected, generator)
             jittered = self._jitter_landmarks(landmarks, generator)
             distance = self._embedding_distance(seen, jittered, clean)
             penalty = self.penalty_weight * (1 - ssim(protected, crops, weight=mask))
+            if self.shading_weight:
+                penalty = penalty + self.shading_weight * shading_energy(applied, mask, self.shading_sigma)
             objective = (distance - penalty).sum()
             gradient, = torch.autograd.grad(objective, change)
             with torch.no_grad():

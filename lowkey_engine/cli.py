@@ -159,9 +159,10 @@ def _summary(photo: Path, target: Path, result) -> str:
     face_ssim = min(f.ssim for f in result.faces)
     face_psnr = min(f.psnr for f in result.faces)
     face_delta_e = max(f.delta_e_p95 for f in result.faces)
+    face_shading = max(f.shading for f in result.faces)
     return (f"{photo} -> {target}: {result.face_count} face(s) protected in {result.seconds:.1f} s "
             f"on {result.device}; faces PSNR >= {face_psnr:.1f} dB, SSIM >= {face_ssim:.3f}, "
-            f"ΔE2000 p95 <= {face_delta_e:.2f}")
+            f"ΔE2000 p95 <= {face_delta_e:.2f}, shading <= {face_shading:.2f} levels")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -353,14 +353,14 @@ def _face_region(box, width: int, height: int) -> tuple[slice, slice] | None:
 
 def photo_quality(original: torch.Tensor, protected: torch.Tensor, box, lpips_metric=None) -> dict[str, float | None]:
     """PSNR/SSIM of the whole photo and of the face box, CIEDE2000 over the face box (mean and
-    95th percentile), and LPIPS of the face box when a real LPIPS is given, between two decoded
+    95th percentile), the face box's shading (perceptual.region_quality), and LPIPS of the face box when a real LPIPS is given, between two decoded
     photos (3, H, W) in [0, 1]."""
     from .perceptual import psnr, region_quality, ssim
 
     a, b = original[None], protected[None]
     quality = {"photo_psnr": float(psnr(b, a)[0]), "photo_ssim": float(ssim(b, a)[0]),
                "face_psnr": None, "face_ssim": None, "face_delta_e": None, "face_delta_e_p95": None,
-               "face_lpips": None}
+               "face_shading": None, "face_lpips": None}
     region = None if box is None else _face_region(box, original.shape[2], original.shape[1])
     if region is not None:
         rows, cols = region
@@ -464,7 +464,8 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
         protected_data[preset] = as_uploaded
         quality[preset] = {
             **{k: _summary(q[k] for q in per_photo)
-               for k in ("photo_psnr", "photo_ssim", "face_psnr", "face_ssim", "face_delta_e", "face_delta_e_p95")},
+               for k in ("photo_psnr", "photo_ssim", "face_psnr", "face_ssim", "face_delta_e", "face_delta_e_p95",
+                         "face_shading")},
             "face_lpips": _summary(q["face_lpips"] for q in per_photo) if lpips_metric is not None else None,
             "photos": len(results),
             "photos_without_face_protected": sum(1 for r in results if not r.boxes),

@@ -6,16 +6,21 @@ been fetched (see lpips_metric). Images are NCHW RGB in [0, 1].
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from .colour import delta_e2000
-from .transforms import gaussian_kernel
+from .transforms import gaussian_blur, gaussian_kernel
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_C1 = 0.01 ** 2          # (K1 * L)^2 with K1 = 0.01, L = 1 (Wang et al. 2004)
 SSIM_C2 = 0.03 ** 2
+#: Blur that isolates shading, as a share of the face's side (4 px on a 128-px face): patches of
+#: skin under the eyes or on the cheeks, furrow-wide tone shifts; not pixel grain.
+SHADING_SIGMA_PER_FACE = 1 / 32
 
 
 def ssim_map(a: Tensor, b: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
@@ -46,6 +51,18 @@ def ssim(a: Tensor, b: Tensor, weight: Tensor | None = None) -> Tensor:
     return (values * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1e-8)
 
 
+def shading_energy(change: Tensor, weight: Tensor, sigma: float) -> Tensor:
+    """How much tone shift a change carries, per image (N,), in 8-bit levels squared: the
+    weighted mean square of the change after a Gaussian blur of `sigma` pixels (kernel 6 sigma).
+
+    The eye masks fine-grained change in texture but sees smooth patches of lighter or darker
+    skin as shading (a tired, older or bruised look); the blur keeps only those. change
+    (N, C, H, W) in [0, 1] pixel units, averaged over channels; weight (N, 1, H, W) in [0, 1]."""
+    size = 2 * math.ceil(3 * sigma) + 1
+    smooth = gaussian_blur(change.mean(1, keepdim=True) * 255.0, size, sigma)
+    return (smooth.pow(2) * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-8)
+
+
 def psnr(a: Tensor, b: Tensor) -> Tensor:
     """Peak signal-to-noise ratio in dB per image (N,), for pixels in [0, 1]."""
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
@@ -53,12 +70,21 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
 
 
 def region_quality(original: Tensor, changed: Tensor) -> dict[str, float]:
-    """How much one region (1, 3, h, w) changed, h and w >= 1: PSNR (dB), SSIM (NaN when the
-    region is smaller than SSIM's window), CIEDE2000 per pixel mean and 95th percentile."""
+    """How much one region (1, 3, h, w) changed, h and w >= 1: PSNR (dB), SSIM, CIEDE2000 per
+    pixel mean and 95th percentile, and shading: the RMS in 8-bit levels of the change blurred
+    by SHADING_SIGMA_PER_FACE of the region's side (SSIM and shading are NaN when the region is
+    smaller than SSIM's window)."""
     import torch
 
     difference = delta_e2000(original, changed).flatten()
-    small = min(original.shape[-2:]) < SSIM_WINDOW
-    return {"psnr": float(psnr(changed, original)[0]),
-            "ssim": float("nan") if small else float(ssim(changed, original)[0]),
-            "delta_e": float(difference.mean()), "delta_e_p95": float(torch.quantile(difference, 0.95))}
+    side = min(original.shape[-2:])
+    small = side < SSIM_WINDOW
+    if small:
+        similarity = shading = float("nan")
+    else:
+        similarity = float(ssim(changed, original)[0])
+        everywhere = torch.ones_like(original[:, :1])
+        shading = float(shading_energy(changed - original, everywhere, side * SHADING_SIGMA_PER_FACE)[0].sqrt())
+    return {"psnr": float(psnr(changed, original)[0]), "ssim": similarity,
+            "delta_e": float(difference.mean()), "delta_e_p95": float(torch.quantile(difference, 0.95)),
+            "shading": shading}

@@ -33,7 +33,8 @@ from .settings import ProtectSettings
 class FaceResult:
     """One protected face: its box (x1, y1, x2, y2) in photo pixels, detector score, and how
     much its box changed (before output encoding): PSNR in dB, SSIM in [-1, 1], and the CIEDE2000
-    colour difference per pixel, mean and 95th percentile (about 2.3 is just noticeable)."""
+    colour difference per pixel, mean and 95th percentile (about 2.3 is just noticeable), and its
+    shading: RMS of the blurred change in 8-bit levels (perceptual.region_quality)."""
 
     box: tuple[float, float, float, float]
     score: float
@@ -41,6 +42,7 @@ class FaceResult:
     ssim: float
     delta_e: float = float("nan")
     delta_e_p95: float = float("nan")
+    shading: float = float("nan")
 
 
 @dataclass(frozen=True)

@@ -77,17 +77,18 @@ def markdown(results: dict[str, Any]) -> str:
         "## Image quality (gallery photos as delivered)",
         "",
         "| preset | photos | photo PSNR dB | photo SSIM | face PSNR dB | face SSIM (min) | face ΔE2000 mean / p95 "
-        "| face LPIPS | attack s/photo |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| face shading (levels) | face LPIPS | attack s/photo |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset, q in results["quality"].items():
         lpips = _num(q["face_lpips"]) if q.get("face_lpips") else "n/a"
         lines.append(f"| {preset} | {q['photos']} | {_num(q['photo_psnr'], digits=1)} | {_num(q['photo_ssim'])} | "
                      f"{_num(q['face_psnr'], digits=1)} | {_num(q['face_ssim'])} ({_num(q['face_ssim'], 'min')}) | "
                      f"{_num(q['face_delta_e'], digits=2)} / {_num(q['face_delta_e_p95'], digits=2)} | "
-                     f"{lpips} | {_num(q['attack_seconds_per_photo'], digits=1)} |")
+                     f"{_num(q.get('face_shading'), digits=2)} | {lpips} | {_num(q['attack_seconds_per_photo'], digits=1)} |")
     lines += ["", "Means over photos; face = the protected face's box. ΔE2000 ≈ 2.3 is a just-noticeable colour "
-              f"difference. LPIPS: {results['perceptual']['lpips']}.", "",
+              f"difference. Shading: RMS of the change blurred by 1/32 of the face box, in 8-bit levels "
+              f"(smooth lighter or darker patches). LPIPS: {results['perceptual']['lpips']}.", "",
               "## Identification accuracy, clean → protected", ""]
     header = ["recognizer", "role", "preset", "transform", "probes"]
     header += [f"rank-{k} clean → protected" for k in ranks]
