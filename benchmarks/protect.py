@@ -85,7 +85,8 @@ def main() -> None:
     megapixels = MEGAPIXELS[:1] if args.quick else MEGAPIXELS
     face_counts = FACE_COUNTS[:2] if args.quick else FACE_COUNTS
     cases = [(f"{mp} MP, 1 face", jpeg_bytes(scaled_to(portrait, mp))) for mp in megapixels]
-    cases += [(f"{TILED_PHOTO_MEGAPIXELS} MP, {n} faces", jpeg_bytes(tiled(portrait, n))) for n in face_counts]
+    cases += [(f"{TILED_PHOTO_MEGAPIXELS} MP, {n} face{'' if n == 1 else 's'}", jpeg_bytes(tiled(portrait, n)))
+              for n in face_counts]
     rows = []
     for preset in args.presets:
         settings = ProtectSettings.from_preset(preset, device=args.device)
