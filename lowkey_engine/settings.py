@@ -33,7 +33,7 @@ class ProtectSettings:
     momentum: float = 0.9                     # MI-FGSM decay of the accumulated gradient; 0 = none
     random_start: float = 0.005               # uniform start in [-r, r]
     penalty_weight: float = 100.0             # weight of (1 - SSIM) between clean and protected crop
-    shading_weight: float = 0.0               # weight of the change's shading energy (8-bit levels^2)
+    shading_weight: float = 1.5               # weight of the change's shading energy (8-bit levels^2)
     shading_sigma: float = SHADING_SIGMA_PER_FACE * WORKING_FACE_PX   # blur that isolates it, working pixels
     blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size
     blur_sigma: float = 3.0
@@ -69,11 +69,13 @@ class ProtectSettings:
 
 
 PRESETS: dict[str, ProtectSettings] = {
-    # About 2 s a face on a 2-core CPU; same visibility cap as standard, less protection.
+    # About 1-2 s a face on a 2-core CPU; same visibility limits as standard, less protection.
     "fast": ProtectSettings(preset="fast", steps=15, step_size=0.004),
-    # The default: lightness-only change, each pixel within CIEDE2000 2.2 of the original.
+    # The default: lightness-only change, each pixel within CIEDE2000 2.2 of the original, smooth
+    # lighter or darker patches penalised (shading).
     "standard": ProtectSettings(preset="standard"),
-    # More steps and a looser cap (2.8) and penalty: more protection, visible on close inspection.
+    # More steps, a looser cap (2.8), a lighter SSIM penalty and no shading penalty: more
+    # protection, visible on close inspection.
     "strong": ProtectSettings(preset="strong", steps=100, step_size=0.0015, delta_e_cap=2.8,
-                              penalty_weight=50.0),
+                              penalty_weight=50.0, shading_weight=0.0),
 }

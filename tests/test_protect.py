@@ -70,6 +70,13 @@ def test_fast_preset_moves_the_face_for_every_attacked_recognizer_within_its_col
     assert result.faces[0].delta_e_p95 <= 1.1 * settings.delta_e_cap
 
 
+def test_the_shading_penalty_leaves_less_shading_on_a_real_face(lfw_photo):
+    penalised = protect(lfw_photo, ProtectSettings.from_preset("fast", device="cpu"))
+    unpenalised = protect(lfw_photo, ProtectSettings.from_preset("fast", device="cpu", shading_weight=0.0))
+    assert penalised.faces[0].shading < 0.75 * unpenalised.faces[0].shading
+    assert penalised.faces[0].delta_e_p95 <= 1.1 * unpenalised.faces[0].delta_e_p95
+
+
 def test_photo_without_faces_keeps_its_pixels_and_loses_its_metadata(tmp_path):
     gradient = np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (120, 1))
     image = Image.fromarray(np.stack([gradient, gradient[::-1], gradient], axis=-1))
