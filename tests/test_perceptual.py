@@ -50,7 +50,7 @@ def test_region_quality_reports_shading_in_levels_and_nan_for_tiny_regions():
 def test_attack_with_a_shading_penalty_makes_less_shading(synthetic_attack_inputs):
     recognizer, crops, landmarks, mask = synthetic_attack_inputs
     knobs = dict(steps=8, step_size=0.004, epsilon=0.03, penalty_weight=0.0, colour="luma", robust=False)
-    plain = LowKeyAttack([recognizer], **knobs)(crops, landmarks, mask)
+    plain = LowKeyAttack([recognizer], shading_weight=0.0, **knobs)(crops, landmarks, mask)
     penalised = LowKeyAttack([recognizer], shading_weight=5.0, **knobs)(crops, landmarks, mask)
     sigma = SHADING_SIGMA_PER_FACE * crops.shape[-1]
     before = shading_energy(mask * plain, mask, sigma)
