@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .budget import PerceptualBudget
-from .perceptual import shading_energy, ssim
+from .perceptual import SHADING_SIGMA_PER_FACE, shading_energy, ssim
 from .recognizers import Recognizer
 from .settings import ProtectSettings
 from .transforms import downscale_and_back, gaussian_blur, jpeg_approx
@@ -44,7 +44,8 @@ TRANSFORM_PROBABILITY = 0.5
 @dataclass
 class LowKeyAttack:
     """Signed-gradient LowKey attack. Knobs mean what `ProtectSettings`' fields of the same
-    names mean (settings.py); their defaults are the `standard` preset's."""
+    names mean (settings.py); their defaults are the `standard` preset's. `shading_sigma` (crop
+    pixels) is the shading penalty's blur: SHADING_SIGMA_PER_FACE of the working face's width."""
 
     recognizers: Sequence[Recognizer]
     _: KW_ONLY
@@ -59,7 +60,7 @@ class LowKeyAttack:
     random_start: float = _DEFAULTS.random_start
     penalty_weight: float = _DEFAULTS.penalty_weight
     shading_weight: float = _DEFAULTS.shading_weight
-    shading_sigma: float = _DEFAULTS.shading_sigma
+    shading_sigma: float = SHADING_SIGMA_PER_FACE * _DEFAULTS.working_face_px
     blur_kernel: int = _DEFAULTS.blur_kernel
     blur_sigma: float = _DEFAULTS.blur_sigma
     robust: bool = _DEFAULTS.robust
@@ -79,8 +80,8 @@ class LowKeyAttack:
 
     @classmethod
     def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer]) -> "LowKeyAttack":
-        knobs = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "recognizers"}
-        return cls(recognizers, **knobs)
+        knobs = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+        return cls(recognizers, **knobs, shading_sigma=SHADING_SIGMA_PER_FACE * settings.working_face_px)
 
     def _uniform(self, generator: torch.Generator, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))

@@ -11,11 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from .perceptual import SHADING_SIGMA_PER_FACE
 from .recognizers import DEFAULT_ENSEMBLE
-
-#: Face box width in the working crop, pixels (the default of `working_face_px`).
-WORKING_FACE_PX = 128
 
 
 @dataclass(frozen=True)
@@ -33,8 +29,8 @@ class ProtectSettings:
     momentum: float = 0.9                     # MI-FGSM decay of the accumulated gradient; 0 = none
     random_start: float = 0.005               # uniform start in [-r, r]
     penalty_weight: float = 100.0             # weight of (1 - SSIM) between clean and protected crop
-    shading_weight: float = 1.5               # weight of the change's shading energy (8-bit levels^2)
-    shading_sigma: float = SHADING_SIGMA_PER_FACE * WORKING_FACE_PX   # blur that isolates it, working pixels
+    shading_weight: float = 1.5               # weight of the change's shading energy (8-bit levels^2; its
+                                              # blur is perceptual.SHADING_SIGMA_PER_FACE of the working face)
     blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size
     blur_sigma: float = 3.0
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
@@ -46,7 +42,7 @@ class ProtectSettings:
     align_zoom: float = 0.1                   # random zoom of the alignment, +- relative
     align_rotation_deg: float = 6.0           # random rotation of the alignment, +- degrees
     # --- where the perturbation lives
-    working_face_px: int = WORKING_FACE_PX    # face box width in the working crop, pixels
+    working_face_px: int = 128                # face box width in the working crop, pixels
     crop_margin: float = 1.8                  # crop side = margin * face box side
     feather: float = 0.15                     # share of the crop side over which the change fades out
     min_face_px: int = 20                     # faces smaller than this (longer box side, photo pixels) are left alone

@@ -61,3 +61,11 @@ def test_attack_with_a_shading_penalty_makes_less_shading(synthetic_attack_input
         clean = recognizer.embed(crops, landmarks)
         moved = recognizer.embed(crops + mask * penalised, landmarks)
     assert ((clean * moved).sum(1) < 0.99).all()          # it still moves the embedding
+
+
+def test_the_attack_blurs_shading_at_the_same_share_of_the_face_as_the_measure():
+    from lowkey_engine.settings import ProtectSettings
+
+    for width in (128, 256):
+        attack = LowKeyAttack.from_settings(ProtectSettings(working_face_px=width), [object()])
+        assert attack.shading_sigma == SHADING_SIGMA_PER_FACE * width
