@@ -96,7 +96,7 @@ def main() -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "visibility-curves.json").write_text(json.dumps(points, indent=2))
-    lines = [f"| design | {'strength'} | face ΔE2000 p95 | face SSIM | {HELD_OUT} rank-1 as uploaded | "
+    lines = [f"| design | strength | face ΔE2000 p95 | face SSIM | {HELD_OUT} rank-1 as uploaded | "
              f"after {TRANSFORM} |", "|---|---|---|---|---|---|"]
     for p in points:
         lines.append(f"| {p['design']} | {p['knob']} {p['value']:.4g} | {p['delta_e_p95']:.2f} | {p['face_ssim']:.3f} | "

@@ -9,6 +9,7 @@ Logs name no token, image byte, file name or job id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from importlib import metadata
@@ -208,9 +209,7 @@ class Connection:
         stats = {"seconds": outcome.seconds, "device": outcome.device, "preset": outcome.preset,
                  "format": outcome.format, "width": outcome.width, "height": outcome.height,
                  "photo_psnr": outcome.photo_psnr, "cached": cached,
-                 "faces": [{"box": f.box, "score": f.score, "psnr": f.psnr, "ssim": f.ssim,
-                            "delta_e": f.delta_e, "delta_e_p95": f.delta_e_p95, "shading": f.shading}
-                           for f in outcome.faces],
+                 "faces": [dataclasses.asdict(f) for f in outcome.faces],
                  **outcome.stats}
         self.send(protocol.result(job.id, job.filename, outcome.mime, outcome.face_count, stats,
                                   outcome.data))

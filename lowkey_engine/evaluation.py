@@ -52,6 +52,7 @@ from PIL import Image, ImageOps
 
 from .datasets import LabelledPhoto, labelled_photos, most_central
 from .metrics import identity_ranks, own_gallery_swapped, rank_k_accuracy, similarity_scores
+from .perceptual import REGION_METRICS
 from .recognizers import DEFAULT_ENSEMBLE
 
 #: Bump when the meaning of a cached protected photo changes (engine changes that alter output).
@@ -352,15 +353,14 @@ def _face_region(box, width: int, height: int) -> tuple[slice, slice] | None:
 
 
 def photo_quality(original: torch.Tensor, protected: torch.Tensor, box, lpips_metric=None) -> dict[str, float | None]:
-    """PSNR/SSIM of the whole photo and of the face box, CIEDE2000 over the face box (mean and
-    95th percentile), the face box's shading (perceptual.region_quality), and LPIPS of the face box when a real LPIPS is given, between two decoded
-    photos (3, H, W) in [0, 1]."""
+    """PSNR/SSIM of the whole photo; the face box's `perceptual.region_quality` (PSNR, SSIM,
+    CIEDE2000 mean and 95th percentile, shading) as `face_*`, and its LPIPS when a real LPIPS is
+    given; None where there is no face box. Between two decoded photos (3, H, W) in [0, 1]."""
     from .perceptual import psnr, region_quality, ssim
 
     a, b = original[None], protected[None]
     quality = {"photo_psnr": float(psnr(b, a)[0]), "photo_ssim": float(ssim(b, a)[0]),
-               "face_psnr": None, "face_ssim": None, "face_delta_e": None, "face_delta_e_p95": None,
-               "face_shading": None, "face_lpips": None}
+               **{f"face_{k}": None for k in REGION_METRICS}, "face_lpips": None}
     region = None if box is None else _face_region(box, original.shape[2], original.shape[1])
     if region is not None:
         rows, cols = region
@@ -464,8 +464,7 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
         protected_data[preset] = as_uploaded
         quality[preset] = {
             **{k: _summary(q[k] for q in per_photo)
-               for k in ("photo_psnr", "photo_ssim", "face_psnr", "face_ssim", "face_delta_e", "face_delta_e_p95",
-                         "face_shading")},
+               for k in ("photo_psnr", "photo_ssim", *(f"face_{m}" for m in REGION_METRICS))},
             "face_lpips": _summary(q["face_lpips"] for q in per_photo) if lpips_metric is not None else None,
             "photos": len(results),
             "photos_without_face_protected": sum(1 for r in results if not r.boxes),

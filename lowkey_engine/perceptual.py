@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -21,6 +22,8 @@ SSIM_C2 = 0.03 ** 2
 #: Blur that isolates shading, as a share of the face's side (4 px on a 128-px face): patches of
 #: skin under the eyes or on the cheeks, furrow-wide tone shifts; not pixel grain.
 SHADING_SIGMA_PER_FACE = 1 / 32
+#: What `region_quality` measures, in the order it returns them.
+REGION_METRICS = ("psnr", "ssim", "delta_e", "delta_e_p95", "shading")
 
 
 def ssim_map(a: Tensor, b: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
@@ -74,8 +77,6 @@ def region_quality(original: Tensor, changed: Tensor) -> dict[str, float]:
     pixel mean and 95th percentile, and shading: the RMS in 8-bit levels of the change blurred
     by SHADING_SIGMA_PER_FACE of the region's side (SSIM and shading are NaN when the region is
     smaller than SSIM's window)."""
-    import torch
-
     difference = delta_e2000(original, changed).flatten()
     side = min(original.shape[-2:])
     small = side < SSIM_WINDOW

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .perceptual import SHADING_SIGMA_PER_FACE
+
 #: Contact sheet: the change is shown as 0.5 + AMPLIFY * (protected - original).
 DIFFERENCE_AMPLIFY = 10.0
 SHEET_CELL = 200
@@ -85,9 +87,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {preset} | {q['photos']} | {_num(q['photo_psnr'], digits=1)} | {_num(q['photo_ssim'])} | "
                      f"{_num(q['face_psnr'], digits=1)} | {_num(q['face_ssim'])} ({_num(q['face_ssim'], 'min')}) | "
                      f"{_num(q['face_delta_e'], digits=2)} / {_num(q['face_delta_e_p95'], digits=2)} | "
-                     f"{_num(q.get('face_shading'), digits=2)} | {lpips} | {_num(q['attack_seconds_per_photo'], digits=1)} |")
+                     f"{_num(q['face_shading'], digits=2)} | {lpips} | "
+                     f"{_num(q['attack_seconds_per_photo'], digits=1)} |")
     lines += ["", "Means over photos; face = the protected face's box. ΔE2000 ≈ 2.3 is a just-noticeable colour "
-              f"difference. Shading: RMS of the change blurred by 1/32 of the face box, in 8-bit levels "
+              f"difference. Shading: RMS of the change blurred by 1/{round(1 / SHADING_SIGMA_PER_FACE)} of the "
+              "face box, in 8-bit levels "
               f"(smooth lighter or darker patches). LPIPS: {results['perceptual']['lpips']}.", "",
               "## Identification accuracy, clean → protected", ""]
     header = ["recognizer", "role", "preset", "transform", "probes"]
