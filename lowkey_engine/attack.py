@@ -11,7 +11,9 @@ Beyond the paper, for transfer to recognizers it never saw and robustness to upl
   survives what social sites do to photos;
 - every step aligns the face a little differently (shift, zoom, rotation of the landmarks), as
   other recognizers crop faces with other templates;
-- momentum on the normalised gradient (MI-FGSM, Dong et al. 2018) steadies the direction.
+- momentum on the normalised gradient (MI-FGSM, Dong et al. 2018) steadies the direction;
+- the steps shrink along a half cosine (large early steps travel, small late ones settle inside
+  the budget instead of hopping across it).
 
     attack = LowKeyAttack(recognizers, steps=60)
     change = attack(crops, landmarks, mask)          # protected = clamp(crops + mask * change)
@@ -19,6 +21,7 @@ Beyond the paper, for transfer to recognizers it never saw and robustness to upl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, fields
 
@@ -51,6 +54,7 @@ class LowKeyAttack:
     _: KW_ONLY
     steps: int = _DEFAULTS.steps
     step_size: float = _DEFAULTS.step_size
+    step_decay: float = _DEFAULTS.step_decay
     epsilon: float | None = _DEFAULTS.epsilon
     colour: str = _DEFAULTS.colour
     texture_floor: float = _DEFAULTS.texture_floor
@@ -82,6 +86,13 @@ class LowKeyAttack:
     def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer]) -> "LowKeyAttack":
         knobs = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
         return cls(recognizers, **knobs, shading_sigma=SHADING_SIGMA_PER_FACE * settings.working_face_px)
+
+    def step_size_at(self, step: int) -> float:
+        """Size of step `step` (0-based), [0, 1] pixel units: `step_size` at the first step,
+        `step_decay * step_size` at the last, along a half cosine in between."""
+        progress = step / max(self.steps - 1, 1)
+        share = self.step_decay + (1 - self.step_decay) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.step_size * share
 
     def _uniform(self, generator: torch.Generator, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))
@@ -163,7 +174,7 @@ class LowKeyAttack:
                 # MI-FGSM: accumulate the gradient normalised per face (mean |g| = 1).
                 scale = gradient.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
                 velocity = self.momentum * velocity + gradient / scale
-                change = budget.project(change + self.step_size * velocity.sign(), crops, mask, limits)
+                change = budget.project(change + self.step_size_at(step) * velocity.sign(), crops, mask, limits)
             if progress:
                 progress("attack", step + 1, self.steps)
         return budget.to_rgb(change.detach()).contiguous()

@@ -20,7 +20,9 @@ class ProtectSettings:
     # --- the attack (LowKey: signed-gradient ascent on embedding distance minus a penalty)
     # Defaults are the `standard` preset, tuned on measured curves (README, "Does it work?").
     steps: int = 60
-    step_size: float = 0.002                  # per step, [0, 1] pixel units
+    step_size: float = 0.006                  # the first step, [0, 1] pixel units
+    step_decay: float = 0.1                   # the last step's share of step_size; the steps shrink
+                                              # along a half cosine in between (1 = constant steps)
     epsilon: float | None = 12 / 255          # L-infinity budget on the change; None = unbounded
     colour: str = "luma"                      # "luma": lightness only, chroma kept; "rgb": channels move freely
     texture_floor: float = 1.0                # budget in flat areas, share of epsilon; 1 = uniform budget
@@ -66,12 +68,12 @@ class ProtectSettings:
 
 PRESETS: dict[str, ProtectSettings] = {
     # About 1-2 s a face on a 2-core CPU; same visibility limits as standard, less protection.
-    "fast": ProtectSettings(preset="fast", steps=15, step_size=0.004),
+    "fast": ProtectSettings(preset="fast", steps=15, step_size=0.012),
     # The default: lightness-only change, each pixel within CIEDE2000 2.2 of the original, smooth
     # lighter or darker patches penalised (shading).
     "standard": ProtectSettings(preset="standard"),
     # More steps, a looser cap (2.8), a lighter SSIM penalty and no shading penalty: more
     # protection, visible on close inspection.
-    "strong": ProtectSettings(preset="strong", steps=100, step_size=0.0015, delta_e_cap=2.8,
+    "strong": ProtectSettings(preset="strong", steps=100, step_size=0.0015, step_decay=1.0, delta_e_cap=2.8,
                               penalty_weight=50.0, shading_weight=0.0),
 }

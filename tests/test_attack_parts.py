@@ -102,3 +102,14 @@ def test_attack_keeps_its_budget_and_the_pixel_range_and_moves_the_embedding(syn
         before, after = recognizer.embed(crops, landmarks), recognizer.embed(protected, landmarks)
     assert ((before * after).sum(1) < 0.99).all()
     assert torch.equal(change, attack(crops, landmarks, mask))          # same seed, same result
+
+
+def test_steps_shrink_along_a_half_cosine_from_step_size_to_its_decayed_share(synthetic_attack_inputs):
+    recognizer = synthetic_attack_inputs[0]
+    attack = LowKeyAttack([recognizer], steps=5, step_size=0.01, step_decay=0.1)
+    sizes = [attack.step_size_at(step) for step in range(5)]
+    assert sizes[0] == pytest.approx(0.01) and sizes[-1] == pytest.approx(0.001)
+    assert sizes[2] == pytest.approx(0.0055)                               # half way: the mean of the two
+    assert all(a > b for a, b in zip(sizes, sizes[1:]))
+    constant = LowKeyAttack([recognizer], steps=5, step_size=0.01, step_decay=1.0)
+    assert [constant.step_size_at(step) for step in range(5)] == pytest.approx([0.01] * 5)
