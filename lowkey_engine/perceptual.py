@@ -43,6 +43,12 @@ def ssim_map(a: Tensor, b: Tensor, window: int = SSIM_WINDOW, sigma: float = SSI
         (mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
 
 
+def weighted_mean(values: Tensor, weight: Tensor) -> Tensor:
+    """Mean per image (N,) of `values` (N, 1, H, W) weighted by `weight` (same shape, >= 0); 0
+    where the weight is zero everywhere."""
+    return (values * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-8)
+
+
 def ssim(a: Tensor, b: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean SSIM per image (N,), in [-1, 1], 1 = identical. `weight` (N, 1, H, W) in [0, 1]
     restricts the mean to a region (e.g. the face); it is cropped like the valid SSIM map."""
@@ -51,7 +57,7 @@ def ssim(a: Tensor, b: Tensor, weight: Tensor | None = None) -> Tensor:
         return values.flatten(1).mean(1)
     margin = (weight.shape[-1] - values.shape[-1]) // 2
     w = weight[..., margin:margin + values.shape[-2], margin:margin + values.shape[-1]]
-    return (values * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1e-8)
+    return weighted_mean(values, w)
 
 
 def shading_energy(change: Tensor, weight: Tensor, sigma: float) -> Tensor:
@@ -63,7 +69,7 @@ def shading_energy(change: Tensor, weight: Tensor, sigma: float) -> Tensor:
     (N, C, H, W) in [0, 1] pixel units, averaged over channels; weight (N, 1, H, W) in [0, 1]."""
     size = 2 * math.ceil(3 * sigma) + 1
     smooth = gaussian_blur(change.mean(1, keepdim=True) * 255.0, size, sigma)
-    return (smooth.pow(2) * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-8)
+    return weighted_mean(smooth.pow(2), weight)
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:
