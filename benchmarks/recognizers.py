@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from lowkey_engine.datasets import detect_subjects, labelled_photos
-from lowkey_engine.detect import load_detector
-from lowkey_engine.metrics import verification_auc
-from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
+from lowkey_engine.evaluation.datasets import detect_subjects, labelled_photos
+from lowkey_engine.faces.detect import load_detector
+from lowkey_engine.evaluation.metrics import verification_auc
+from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
 from lowkey_weights.fetch import is_fetched
 from lowkey_weights.manifest import load_manifest
 

@@ -50,8 +50,8 @@ def measure(design: str, knob: str, value: float, preset: str, subjects: int) ->
     import torch
 
     torch.set_num_threads(1)
-    from lowkey_engine.eval_cli import default_cache_dir
-    from lowkey_engine.evaluation import EvalConfig, run_evaluation
+    from lowkey_engine.evaluation.cli import default_cache_dir
+    from lowkey_engine.evaluation.protocol import EvalConfig, run_evaluation
 
     overrides = {**DESIGNS[design][0], knob: value}
     config = EvalConfig(root=LFW, presets=(preset,), overrides=overrides, protect_limit=subjects,

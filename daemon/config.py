@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from lowkey_engine.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from lowkey_engine.images.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from lowkey_engine.settings import PRESETS, ProtectSettings
 
 #: TCP port on 127.0.0.1 (unassigned by IANA). 0 picks a free port (tests, benchmarks).

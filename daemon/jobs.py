@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from lowkey_engine.image_errors import ImageError
+from lowkey_engine.images.errors import ImageError
 from lowkey_engine.protect import Protected, get_engine, protect, resolve_device
 from lowkey_engine.settings import ProtectSettings
 

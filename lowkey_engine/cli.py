@@ -57,8 +57,8 @@ def _weights_fetch(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from .decode import ImageError, decode_image
-    from .detect import load_detector
+    from .images.decode import ImageError, decode_image
+    from .faces.detect import load_detector
 
     detector = load_detector(args.device)
     status = 0
@@ -104,7 +104,7 @@ def _output_path(photo: Path, base: Path, fmt: str, args: argparse.Namespace) ->
 def _protect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .decode import ImageError
+    from .images.decode import ImageError
     from .protect import protect
     from .settings import ProtectSettings
 
@@ -166,15 +166,15 @@ def _summary(photo: Path, target: Path, result) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .eval_cli import run_eval
+    from .evaluation.cli import run_eval
 
     return run_eval(args)
 
 
 def _side_by_side(args: argparse.Namespace) -> int:
-    from .decode import ImageError
+    from .images.decode import ImageError
     from .settings import ProtectSettings
-    from .side_by_side import compare, write_blind_pairs, write_sheet
+    from .evaluation.side_by_side import compare, write_blind_pairs, write_sheet
 
     if not args.out and not args.blind_dir:
         print("lowkey side-by-side: give --out SHEET.png, --blind-dir FOLDER, or both", file=sys.stderr)
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowkey", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from .report import DIFFERENCE_AMPLIFY
+    from .evaluation.report import DIFFERENCE_AMPLIFY
     from .settings import PRESETS
 
     protect = commands.add_parser("protect", help="protect every face in photos")
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--seed", type=int, default=0, help="attack seed and the blind pairs' order")
     sheet.set_defaults(run=_side_by_side)
 
-    from .eval_cli import add_eval_arguments
+    from .evaluation.cli import add_eval_arguments
 
     evaluate = commands.add_parser("eval", help="identification accuracy with clean vs protected galleries")
     add_eval_arguments(evaluate)

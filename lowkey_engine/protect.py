@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .attack import LowKeyAttack, ProgressCallback
-from .crops import apply_changes, working_crops
-from .decode import decode_image
-from .detect import FaceDetector, load_detector
-from .encode import encode_image, strip_metadata_only
-from .perceptual import psnr, region_quality
-from .recognizers import Recognizer, load_recognizer
+from .attack.lowkey import LowKeyAttack, ProgressCallback
+from .attack.crops import apply_changes, working_crops
+from .images.decode import decode_image
+from .faces.detect import FaceDetector, load_detector
+from .images.encode import encode_image, strip_metadata_only
+from .attack.perceptual import psnr, region_quality
+from .faces.recognizers import Recognizer, load_recognizer
 from .settings import ProtectSettings
 
 

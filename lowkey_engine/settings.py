@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from .recognizers import DEFAULT_ENSEMBLE
+from .images.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from .faces.recognizers import DEFAULT_ENSEMBLE
 
 
 @dataclass(frozen=True)

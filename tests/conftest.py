@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lowkey_engine.datasets import SubjectFaces, detect_subjects, labelled_photos
+from lowkey_engine.evaluation.datasets import SubjectFaces, detect_subjects, labelled_photos
 
 #: The face photos live beside the checkout (../shared/data/faces), never inside it.
 FACES_DIR = Path(os.environ.get("LOWKEY_FACES_DIR",
@@ -28,7 +28,7 @@ def faces_dir() -> Path:
 @pytest.fixture(scope="session")
 def lfw_faces(faces_dir) -> SubjectFaces:
     """LFW photos (all 250x250) with the landmarks of their central face."""
-    from lowkey_engine.detect import load_detector
+    from lowkey_engine.faces.detect import load_detector
 
     photos = labelled_photos(faces_dir / "lfw-dev", min_per_identity=LFW_PHOTOS_PER_IDENTITY,
                              max_per_identity=LFW_PHOTOS_PER_IDENTITY, max_identities=LFW_IDENTITIES)
@@ -43,8 +43,8 @@ def synthetic_attack_inputs():
     masks): the smallest input an attack step runs on."""
     import torch
 
-    from lowkey_engine.crops import feather_mask
-    from lowkey_engine.recognizers import load_recognizer
+    from lowkey_engine.attack.crops import feather_mask
+    from lowkey_engine.faces.recognizers import load_recognizer
 
     recognizer = load_recognizer("mfn-expo")
     generator = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from lowkey_engine.align import ARCFACE_TEMPLATE_112, similarity_transform, warp_faces
+from lowkey_engine.faces.align import ARCFACE_TEMPLATE_112, similarity_transform, warp_faces
 
 
 def test_recovers_a_known_similarity_transform():

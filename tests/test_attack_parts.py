@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lowkey_engine.attack import LowKeyAttack
-from lowkey_engine.crops import CropWindow, apply_changes, crop_window, extract, feather_mask, working_crops
-from lowkey_engine.transforms import downscale_and_back, gaussian_blur, jpeg_approx
+from lowkey_engine.attack.lowkey import LowKeyAttack
+from lowkey_engine.attack.crops import CropWindow, apply_changes, crop_window, extract, feather_mask, working_crops
+from lowkey_engine.attack.transforms import downscale_and_back, gaussian_blur, jpeg_approx
 
 
 def test_feather_mask_is_one_inside_and_fades_to_zero_at_the_edge():

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lowkey_engine.attack import LowKeyAttack
-from lowkey_engine.budget import PerceptualBudget, local_contrast, luma
-from lowkey_engine.colour import delta_e2000
+from lowkey_engine.attack.lowkey import LowKeyAttack
+from lowkey_engine.attack.budget import PerceptualBudget, local_contrast, luma
+from lowkey_engine.attack.colour import delta_e2000
 
 
 def _lfw_photo(faces_dir) -> torch.Tensor:

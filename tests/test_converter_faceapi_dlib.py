@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from lowkey_engine.graphnet import GraphNet
-from lowkey_engine.nets import load_net
+from lowkey_engine.faces.graphnet import GraphNet
+from lowkey_engine.faces.nets import load_net
 from lowkey_weights.converters import faceapi_dlib
 from lowkey_weights.converters.faceapi_dlib import (
     INPUT_SIZE, RESIDUAL_BLOCKS, STEM_BLOCK, FaceRecognitionNetBuilder, FeatureMap, build_checkpoint,

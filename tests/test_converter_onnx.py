@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from lowkey_engine.graphnet import GraphNet
-from lowkey_engine.nets import load_net
+from lowkey_engine.faces.graphnet import GraphNet
+from lowkey_engine.faces.nets import load_net
 from lowkey_weights.converters.onnx import OnnxConversionError, convert, convert_model
 
 OPSET = 13

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowkey_engine.nets import load_net
-from lowkey_engine.paths import converted_path
+from lowkey_engine.faces.nets import load_net
+from lowkey_engine.faces.paths import converted_path
 from lowkey_weights.converters import tfjs_graph
 
 HEIGHT, WIDTH, IN_CHANNELS = 8, 6, 3

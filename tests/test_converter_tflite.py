@@ -13,7 +13,7 @@ import pytest
 import tflite
 import torch
 
-from lowkey_engine.graphnet import OPS, GraphNet
+from lowkey_engine.faces.graphnet import OPS, GraphNet
 from lowkey_weights.converters.tflite import (
     NHWC_TO_NCHW,
     UnsupportedTfliteError,

@@ -25,9 +25,9 @@ from lowkey_daemon.config import CHROMIUM_EXTENSION_ID, load_config
 from lowkey_daemon.jobs import JobScheduler
 from lowkey_daemon.protocol import CloseCode, decode_frame, encode_frame
 from lowkey_daemon.server import SCHEDULER, build_app
-from lowkey_engine.decode import decode_image
-from lowkey_engine.detect import load_detector
-from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, load_recognizer
+from lowkey_engine.images.decode import decode_image
+from lowkey_engine.faces.detect import load_detector
+from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, load_recognizer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(600)]
 

@@ -17,10 +17,10 @@ import torch
 from PIL import (ExifTags, Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin,
                  features)
 
-from lowkey_engine import image_containers
-from lowkey_engine.decode import DecodedImage, decode_image
-from lowkey_engine.encode import encode_image, strip_metadata_only
-from lowkey_engine.image_errors import (AnimatedImageError, BadImageError, ImageError,
+from lowkey_engine.images import containers
+from lowkey_engine.images.decode import DecodedImage, decode_image
+from lowkey_engine.images.encode import encode_image, strip_metadata_only
+from lowkey_engine.images.errors import (AnimatedImageError, BadImageError, ImageError,
                                         TooLargeError, TruncatedImageError,
                                         UnsupportedFormatError)
 
@@ -211,10 +211,10 @@ def test_truncated_file_refused(fmt, keep, pillow_accepts_truncated, monkeypatch
 
 def test_truncation_check_sees_the_end_marker_only_when_present():
     data = encoded(Image.fromarray(smooth_rgb()), "JPEG")
-    image_containers.check_complete(data, "JPEG")
-    image_containers.check_complete(data + b"trailing bytes after EOI", "JPEG")
+    containers.check_complete(data, "JPEG")
+    containers.check_complete(data + b"trailing bytes after EOI", "JPEG")
     with pytest.raises(TruncatedImageError):
-        image_containers.check_complete(data[:-2], "JPEG")
+        containers.check_complete(data[:-2], "JPEG")
 
 
 @pytest.mark.parametrize("data", [
@@ -518,7 +518,7 @@ def test_single_frame_animation_webp_lossless_is_told_from_its_frame(lossless):
     body = (b"WEBP" + riff_chunk(b"VP8X", vp8x) + riff_chunk(b"ANIM", bytes(4) + b"\x00\x00")
             + riff_chunk(b"ANMF", frame))
     data = b"RIFF" + struct.pack("<I", len(body)) + body
-    assert image_containers.webp_is_lossless(data) is lossless
+    assert containers.webp_is_lossless(data) is lossless
     decoded = decode_image(data)
     assert decoded.lossless is lossless and decoded.size == (width, height)
 

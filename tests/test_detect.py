@@ -1,4 +1,4 @@
-"""Face detection (lowkey_engine.detect) on real photos from the shared face-photo folder
+"""Face detection (lowkey_engine.faces.detect) on real photos from the shared face-photo folder
 (conftest's `faces_dir`).
 
 Tests that run the detector need the converted MTCNN weights (weights/mtcnn.pt); when they are
@@ -16,8 +16,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.ops import box_iou
 
-from lowkey_engine.detect import Face, FaceDetector, load_detector
-from lowkey_engine.paths import WEIGHTS_DIR_ENV, MissingWeightsError
+from lowkey_engine.faces.detect import Face, FaceDetector, load_detector
+from lowkey_engine.faces.paths import WEIGHTS_DIR_ENV, MissingWeightsError
 
 # Inside the face-photo folder:
 GROUP_DIR = Path("photos-group")

@@ -16,12 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from lowkey_engine.datasets import LabelledPhoto
-from lowkey_engine.evaluation import (EvalConfig, ProtectCache, RecognizerInfo, cache_key, parse_transform,
+from lowkey_engine.evaluation.datasets import LabelledPhoto
+from lowkey_engine.evaluation.cache import ProtectCache, cache_key
+from lowkey_engine.evaluation.observers import RecognizerInfo
+from lowkey_engine.evaluation.uploads import parse_transform
+from lowkey_engine.evaluation.protocol import (EvalConfig,
                                       run_evaluation, split_gallery_probes)
-from lowkey_engine.metrics import (identity_ranks, own_gallery_swapped, rank_k_accuracy,
+from lowkey_engine.evaluation.metrics import (identity_ranks, own_gallery_swapped, rank_k_accuracy,
                                    similarity_scores)
-from lowkey_engine.report import write_report
+from lowkey_engine.evaluation.report import write_report
 from lowkey_engine.settings import ProtectSettings
 
 INF = float("inf")
@@ -256,7 +259,7 @@ def test_protect_limit_keeps_the_other_identities_as_clean_distractors(tmp_path)
 @pytest.mark.slow
 def test_lowkey_eval_end_to_end(tmp_path, faces_dir):
     from lowkey_engine.cli import main
-    from lowkey_engine.paths import converted_path
+    from lowkey_engine.faces.paths import converted_path
 
     if not all(converted_path(m).is_file() for m in ("mtcnn", "mfn-faceplugin", "mfn-expo", "dlib-resnet")):
         pytest.skip("models not fetched (lowkey weights fetch)")
@@ -296,7 +299,7 @@ def test_lowkey_eval_end_to_end(tmp_path, faces_dir):
 
 
 def test_ciede2000_matches_sharma_test_data():
-    from lowkey_engine.colour import ciede2000, srgb_to_lab
+    from lowkey_engine.attack.colour import ciede2000, srgb_to_lab
 
     # pairs 1, 7, 11, 13, 17, 25 of Sharma, Wu and Dalal (2005), with their published ΔE00
     lab1 = torch.tensor([[50, 2.6772, -79.7751], [50, 0, 0], [50, -0.001, 2.49], [50, 2.49, -0.001],

@@ -242,9 +242,9 @@ def photos(faces_dir) -> list[Path]:
 @pytest.fixture(scope="module")
 def face_check():
     """similarities(original, received) -> {recognizer: cosine of the main face's embeddings}."""
-    from lowkey_engine.decode import decode_image
-    from lowkey_engine.detect import load_detector
-    from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, load_recognizer
+    from lowkey_engine.images.decode import decode_image
+    from lowkey_engine.faces.detect import load_detector
+    from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, load_recognizer
 
     detector = load_detector("cpu")
     recognizers = {name: load_recognizer(name) for name in DEFAULT_ENSEMBLE}

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowkey_engine.graphnet import GraphBuilder, GraphNet
-from lowkey_engine.nets import load_net
+from lowkey_engine.faces.graphnet import GraphBuilder, GraphNet
+from lowkey_engine.faces.nets import load_net
 
 
 def test_small_graph_matches_hand_written_torch(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lowkey_engine.metrics import roc_auc, verification_pairs
+from lowkey_engine.evaluation.metrics import roc_auc, verification_pairs
 
 
 def test_auc_perfect_chance_and_inverted():

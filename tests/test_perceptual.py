@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from lowkey_engine.attack import LowKeyAttack
-from lowkey_engine.perceptual import SHADING_SIGMA_PER_FACE, region_quality, shading_energy
+from lowkey_engine.attack.lowkey import LowKeyAttack
+from lowkey_engine.attack.perceptual import SHADING_SIGMA_PER_FACE, region_quality, shading_energy
 
 LEVEL = 1 / 255
 

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from lowkey_engine.cli import main as lowkey
-from lowkey_engine.decode import decode_image
-from lowkey_engine.detect import load_detector
+from lowkey_engine.images.decode import decode_image
+from lowkey_engine.faces.detect import load_detector
 from lowkey_engine.protect import protect
-from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, load_recognizer
+from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, load_recognizer
 from lowkey_engine.settings import ProtectSettings
 
 CHEAP = ProtectSettings.from_preset("fast", steps=2, device="cpu")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowkey_engine.metrics import verification_auc
-from lowkey_engine.paths import MissingWeightsError
-from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
+from lowkey_engine.evaluation.metrics import verification_auc
+from lowkey_engine.faces.paths import MissingWeightsError
+from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
 from lowkey_weights.manifest import load_manifest
 
 RECOGNIZERS = [i for i, entry in load_manifest().items() if i in SPECS and not entry.needs_internet]

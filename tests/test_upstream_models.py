@@ -16,12 +16,12 @@ import torch
 import torch.hub
 import torchvision
 
-import lowkey_engine.lpips_metric as lpips_metric
-import lowkey_engine.recognizers as recognizers
-from lowkey_engine.facenet import new_inception_resnet
-from lowkey_engine.lpips_metric import LPIPS_BACKBONE_ID, LPIPS_LINEAR_ID, load_lpips
-from lowkey_engine.paths import WEIGHTS_DIR_ENV, MissingWeightsError
-from lowkey_engine.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
+import lowkey_engine.evaluation.lpips_metric as lpips_metric
+import lowkey_engine.faces.recognizers as recognizers
+from lowkey_engine.faces.facenet import new_inception_resnet
+from lowkey_engine.evaluation.lpips_metric import LPIPS_BACKBONE_ID, LPIPS_LINEAR_ID, load_lpips
+from lowkey_engine.faces.paths import WEIGHTS_DIR_ENV, MissingWeightsError
+from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
 from lowkey_weights.converters.facenet import CLASSIFIER_PREFIX
 from lowkey_weights.fetch import FetchError, fetch_one, sha256_of
 from lowkey_weights.manifest import ModelEntry, load_manifest

@@ -26,7 +26,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from lowkey_engine.paths import weights_dir
+from lowkey_engine.faces.paths import weights_dir
 
 from .manifest import VERIFY_RECORD_ON_FIRST_FETCH, ModelEntry, SourceFile, load_manifest
 

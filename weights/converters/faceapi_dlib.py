@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lowkey_engine.graphnet import GraphBuilder
+from lowkey_engine.faces.graphnet import GraphBuilder
 
 from .tfjs_weights import read_weights
 

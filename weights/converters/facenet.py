@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lowkey_engine.facenet import FACENET_FORMAT, new_inception_resnet
+from lowkey_engine.faces.facenet import FACENET_FORMAT, new_inception_resnet
 
 from .state_dicts import load_checked, read_state_dict
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lowkey_engine.lpips_metric import LPIPS_LINEAR_FORMAT, new_lpips_alex
+from lowkey_engine.evaluation.lpips_metric import LPIPS_LINEAR_FORMAT, new_lpips_alex
 
 from .state_dicts import load_checked, read_state_dict
 

@@ -1,4 +1,4 @@
-"""ONNX -> graph checkpoint (see lowkey_engine/graphnet.py), for `fr_feature.onnx` and its kin.
+"""ONNX -> graph checkpoint (see lowkey_engine/faces/graphnet.py), for `fr_feature.onnx` and its kin.
 
 Reads `files["model"]` with the `onnx` package and rewrites each node as GraphNet ops, NCHW as
 ONNX already is. Initializers and `Constant` nodes become checkpoint tensors; BatchNormalization
@@ -29,7 +29,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from lowkey_engine.graphnet import OPS, GraphBuilder
+from lowkey_engine.faces.graphnet import OPS, GraphBuilder
 
 #: Batch size of the probe input used to learn every value's shape; the graph keeps batches free.
 PROBE_BATCH = 1

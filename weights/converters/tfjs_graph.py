@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lowkey_engine.graphnet import OPS, GraphBuilder
+from lowkey_engine.faces.graphnet import OPS, GraphBuilder
 
 from .tfjs_weights import read_weights
 

@@ -22,7 +22,7 @@ import numpy as np
 import tflite
 import torch
 
-from lowkey_engine.graphnet import GraphBuilder, GraphNet
+from lowkey_engine.faces.graphnet import GraphBuilder, GraphNet
 
 #: Axis orders between TFLite's NHWC and GraphNet's NCHW.
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -294,7 +294,7 @@ def _check_output_shape(checkpoint: dict[str, Any]) -> None:
 
 
 def tflite_to_graph(data: bytes) -> dict[str, Any]:
-    """A GraphNet checkpoint (see lowkey_engine.graphnet) from the bytes of a float32 .tflite file.
+    """A GraphNet checkpoint (see lowkey_engine.faces.graphnet) from the bytes of a float32 .tflite file.
     The graph takes NCHW input in whatever value range the TFLite model takes."""
     return _SubgraphConverter(data).convert()
 

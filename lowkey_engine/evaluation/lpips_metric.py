@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .paths import require_converted
+from ..faces.paths import require_converted
 
 LPIPS_BACKBONE_ID = "lpips-alexnet-backbone"
 LPIPS_LINEAR_ID = "lpips-alex-linear"

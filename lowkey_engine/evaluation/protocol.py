@@ -27,7 +27,7 @@ and, with `real_dlib=True`, the real dlib pipeline (`real_dlib.py`: its own HOG 
 alignment and model; a true black box). All but real dlib see faces through our MTCNN detector run
 on the photo as it reaches them (after protection and the upload transform).
 
-Protected photos are cached on disk by content and settings (`ProtectCache`), so a rerun, another
+Protected photos are cached on disk by content and settings (`cache.ProtectCache`), so a rerun, another
 recognizer or another transform costs no new attack.
 """
 
@@ -35,248 +35,34 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
 import math
 import random
-import re
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from PIL import Image, ImageOps
 
+from ..attack.perceptual import REGION_METRICS
+from ..faces.recognizers import DEFAULT_ENSEMBLE
+from .cache import CachedProtection, ProtectCache, ProtectFunction
 from .datasets import LabelledPhoto, labelled_photos, most_central
 from .metrics import identity_ranks, own_gallery_swapped, rank_k_accuracy, similarity_scores
-from .perceptual import REGION_METRICS
-from .recognizers import DEFAULT_ENSEMBLE
+from .observers import REAL_DLIB_ID, MtcnnObserver, Observer, observe_many
+from .uploads import parse_transform
 
-#: Bump when the meaning of a cached protected photo changes (engine changes that alter output).
-CACHE_VERSION = 1
-#: What a social site does to uploads, as `UploadTransform` names (see `parse_transform`).
+#: What a social site does to uploads, as `UploadTransform` names (see `uploads.parse_transform`).
 DEFAULT_TRANSFORMS = ("none", "jpeg90", "jpeg75", "jpeg60", "half", "max1080", "half+jpeg75",
                       "max1080+jpeg75")
 DEFAULT_RECOGNIZERS = (*DEFAULT_ENSEMBLE, "dlib-resnet")
-REAL_DLIB_ID = "dlib-real"
 DEFAULT_RANKS = (1, 5)
 #: Photos per preset kept for the contact sheet.
 CONTACT_SHEET_PHOTOS = 6
 #: Photos per detector call when recognizing.
 OBSERVE_BATCH = 16
-
-
-# --- what social sites do ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class UploadTransform:
-    """Downscale (by `scale`, and/or so the longest side is at most `max_side`) then re-encode as
-    JPEG at `jpeg_quality`; real Pillow operations on the encoded bytes. Without a JPEG step a
-    resized photo is stored as PNG (lossless), so only the resize acts."""
-
-    name: str
-    scale: float | None = None
-    max_side: int | None = None
-    jpeg_quality: int | None = None
-
-    @property
-    def is_identity(self) -> bool:
-        return self.scale is None and self.max_side is None and self.jpeg_quality is None
-
-    def apply(self, data: bytes) -> bytes:
-        if self.is_identity:
-            return data
-        with Image.open(io.BytesIO(data)) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-        width, height = image.size
-        factor = 1.0 if self.scale is None else self.scale
-        if self.max_side is not None and max(width, height) * factor > self.max_side:
-            factor = self.max_side / max(width, height)
-        resized = factor < 1.0
-        if resized:
-            image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))),
-                                 Image.Resampling.LANCZOS)
-        if self.jpeg_quality is None and not resized:
-            return data
-        out = io.BytesIO()
-        if self.jpeg_quality is not None:
-            image.save(out, "JPEG", quality=self.jpeg_quality)
-        else:
-            image.save(out, "PNG")
-        return out.getvalue()
-
-
-_TOKEN = re.compile(r"^(?:(none)|jpeg(\d{1,3})|(half)|max(\d+)|scale(0?\.\d+|1(?:\.0*)?))$")
-
-
-def parse_transform(name: str) -> UploadTransform:
-    """'none', or '+'-joined steps: 'jpegQ' (quality 1-100), 'half', 'maxN' (longest side N px),
-    'scaleF' (0 < F <= 1). E.g. 'half+jpeg75'. Resizing always happens before JPEG."""
-    scale = max_side = quality = None
-    for token in name.lower().split("+"):
-        match = _TOKEN.match(token.strip())
-        if not match:
-            raise ValueError(f"unknown upload transform {token!r} in {name!r}: "
-                             "use none, jpegQ, half, maxN, scaleF joined by '+'")
-        none, jpeg, half, max_n, scale_f = match.groups()
-        if jpeg:
-            quality = int(jpeg)
-            if not 1 <= quality <= 100:
-                raise ValueError(f"JPEG quality must be 1-100, got {quality}")
-        elif half:
-            scale = 0.5 if scale is None else scale * 0.5
-        elif max_n:
-            max_side = int(max_n)
-        elif scale_f:
-            scale = float(scale_f) if scale is None else scale * float(scale_f)
-    return UploadTransform(name, scale, max_side, quality)
-
-
-# --- protected photos, cached -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CachedProtection:
-    """What the evaluation keeps of a `protect()` result."""
-
-    data: bytes
-    format: str
-    boxes: tuple[tuple[float, float, float, float], ...]    # faces protected
-    seconds: float                                          # of the run that made it
-    photo_psnr: float | None
-    from_cache: bool = False
-
-
-ProtectFunction = Callable[..., Any]     # protect(image_bytes, settings, progress) -> Protected
-
-
-#: ProtectSettings fields that do not change a protected photo's pixels: a photo protected on a
-#: GPU serves a CPU rerun, and input limits only refuse photos. Every other field (including ones
-#: added later) is part of the cache key.
-NOT_IN_CACHE_KEY = frozenset({"device", "max_pixels", "max_bytes"})
-
-
-def settings_key(settings) -> dict:
-    """The settings that decide a protected photo's pixels (all but NOT_IN_CACHE_KEY)."""
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_CACHE_KEY}
-
-
-def cache_key(data: bytes, settings) -> str:
-    blob = json.dumps({"version": CACHE_VERSION, "photo": hashlib.sha256(data).hexdigest(),
-                       "settings": settings_key(settings)}, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-class ProtectCache:
-    """Protected photos on disk under `folder`, keyed by the photo's bytes and the settings; a
-    miss runs `protect_fn` (default: the engine's `protect`) and stores the result. `folder=None`
-    keeps nothing on disk (every call runs the attack)."""
-
-    def __init__(self, folder: str | Path | None, protect_fn: ProtectFunction | None = None):
-        self.folder = None if folder is None else Path(folder)
-        self._protect_fn = protect_fn
-        self.hits = 0
-        self.misses = 0
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        base = self.folder / key[:2] / key
-        return base.with_suffix(".bin"), base.with_suffix(".json")
-
-    def get(self, data: bytes, settings, progress=None) -> CachedProtection:
-        key = cache_key(data, settings)
-        if self.folder is not None:
-            blob_path, meta_path = self._paths(key)
-            if blob_path.is_file() and meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
-                self.hits += 1
-                return CachedProtection(blob_path.read_bytes(), meta["format"],
-                                        tuple(tuple(b) for b in meta["boxes"]), meta["seconds"],
-                                        meta["photo_psnr"], from_cache=True)
-        self.misses += 1
-        protect_fn = self._protect_fn
-        if protect_fn is None:
-            from .protect import protect as protect_fn
-        result = protect_fn(data, settings, progress)
-        entry = CachedProtection(result.data, result.format, tuple(tuple(float(v) for v in f.box) for f in result.faces),
-                                 float(result.seconds), result.photo_psnr)
-        if self.folder is not None:
-            blob_path, meta_path = self._paths(key)
-            blob_path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = blob_path.with_suffix(".bin.tmp")
-            temporary.write_bytes(entry.data)
-            temporary.replace(blob_path)
-            meta_path.write_text(json.dumps({"format": entry.format, "boxes": entry.boxes, "seconds": entry.seconds,
-                                             "photo_psnr": entry.photo_psnr, "settings": settings_key(settings)},
-                                            default=list))
-        return entry
-
-
-# --- recognizers as a face search sees them ----------------------------------------------------
-
-@dataclass(frozen=True)
-class RecognizerInfo:
-    id: str
-    metric: str           # "cosine" (unit embeddings) or "euclidean"
-    detector: str         # what finds the faces it embeds
-
-
-class Observer(Protocol):
-    """Finds the subject's face in an encoded photo and embeds it with one or more recognizers."""
-
-    recognizers: tuple[RecognizerInfo, ...]
-
-    def observe(self, data: bytes) -> dict[str, torch.Tensor]:
-        """recognizer id -> embedding (D,); a recognizer is absent when no face was found."""
-
-
-def observe_many(observer, photos: Sequence[bytes]) -> list[dict[str, torch.Tensor]]:
-    """`observer.observe` on each photo; batched when the observer has `observe_many`."""
-    if hasattr(observer, "observe_many"):
-        return observer.observe_many(photos)
-    return [observer.observe(data) for data in photos]
-
-
-class MtcnnObserver:
-    """Our MTCNN detector on the photo as it arrives, the central face's landmarks, then each of
-    our recognizers (`Recognizer.embed`: its own alignment template and preprocessing)."""
-
-    def __init__(self, recognizer_ids: Sequence[str], device: str | torch.device = "cpu"):
-        from .detect import load_detector
-        from .recognizers import load_recognizer
-
-        self.device = torch.device(device)
-        self.detector = load_detector(self.device)
-        self.models = {r: load_recognizer(r, self.device) for r in recognizer_ids}
-        self.recognizers = tuple(RecognizerInfo(r, "cosine", "mtcnn") for r in recognizer_ids)
-
-    def observe(self, data: bytes) -> dict[str, torch.Tensor]:
-        return self.observe_many([data])[0]
-
-    @torch.no_grad()
-    def observe_many(self, photos: Sequence[bytes]) -> list[dict[str, torch.Tensor]]:
-        """One detector call for all photos; one embedding batch per photo size and recognizer."""
-        from .decode import decode_image
-
-        pixels = [decode_image(data).pixels.to(self.device) for data in photos]
-        found = self.detector.detect(pixels) if pixels else []
-        out: list[dict[str, torch.Tensor]] = [{} for _ in photos]
-        by_size: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-        for index, (image, faces) in enumerate(zip(pixels, found)):
-            face = most_central(faces, image.shape[2], image.shape[1])
-            if face is not None:
-                landmarks = torch.as_tensor(face.landmarks, dtype=torch.float32, device=self.device)
-                by_size.setdefault(tuple(image.shape[1:]), []).append((index, landmarks))
-        for members in by_size.values():
-            indices = [i for i, _ in members]
-            images = torch.stack([pixels[i] for i in indices])
-            landmarks = torch.stack([l for _, l in members])
-            for recognizer_id, model in self.models.items():
-                embeddings = model.embed(images, landmarks).cpu()
-                for i, embedding in zip(indices, embeddings):
-                    out[i][recognizer_id] = embedding
-        return out
 
 
 def role_of(recognizer_id: str, settings) -> str:
@@ -308,7 +94,7 @@ class EvalConfig:
     lpips: bool = True                  # report LPIPS when its real backbone is fetched
 
     def settings(self) -> dict[str, Any]:
-        from .settings import ProtectSettings
+        from ..settings import ProtectSettings
 
         return {p: ProtectSettings.from_preset(p, **{"seed": self.seed, "device": self.device, **self.overrides})
                 for p in self.presets}
@@ -356,7 +142,7 @@ def photo_quality(original: torch.Tensor, protected: torch.Tensor, box, lpips_me
     """PSNR/SSIM of the whole photo; the face box's `perceptual.region_quality` (PSNR, SSIM,
     CIEDE2000 mean and 95th percentile, shading) as `face_*`, and its LPIPS when a real LPIPS is
     given; None where there is no face box. Between two decoded photos (3, H, W) in [0, 1]."""
-    from .perceptual import psnr, region_quality, ssim
+    from ..attack.perceptual import psnr, region_quality, ssim
 
     a, b = original[None], protected[None]
     quality = {"photo_psnr": float(psnr(b, a)[0]), "photo_ssim": float(ssim(b, a)[0]),
@@ -374,7 +160,7 @@ def photo_quality(original: torch.Tensor, protected: torch.Tensor, box, lpips_me
 
 def _try_lpips(device) -> tuple[Any, str | None]:
     from .lpips_metric import LPIPS_NET, load_lpips
-    from .paths import MissingWeightsError
+    from ..faces.paths import MissingWeightsError
 
     try:
         return load_lpips(device), f"LPIPS ({LPIPS_NET}, fetched ImageNet backbone)"
@@ -395,8 +181,8 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
                    observers: Sequence[Observer] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run the protocol (module docstring). Returns every number and the settings as a JSON-ready
     dict, plus under the key "_samples" the pixels the contact sheet needs (not JSON)."""
-    from .decode import decode_image
-    from .protect import resolve_device
+    from ..images.decode import decode_image
+    from ..protect import resolve_device
 
     started = time.perf_counter()
     bar = _progress_bar(quiet)

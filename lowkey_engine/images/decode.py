@@ -1,12 +1,12 @@
 """Decode stage: photo bytes (or a file, or a PIL image) -> upright RGB float pixels.
 
 Reads JPEG (including MPO: the primary image), PNG and WebP, the formats `encode` writes back.
-Everything else is refused with an `image_errors.ImageError` whose `code` is the daemon's error
+Everything else is refused with an `errors.ImageError` whose `code` is the daemon's error
 code and whose message names the problem: empty, too many bytes, too many pixels (checked from the
 header before any pixel is decoded), truncated, animated, unsupported format, not an image.
 
 Pillow global state: nothing is changed. `ImageFile.LOAD_TRUNCATED_IMAGES` is left as it is and
-truncation is checked from the file's own structure (`image_containers.check_complete`) before
+truncation is checked from the file's own structure (`containers.check_complete`) before
 Pillow reads it, so a module that switches that flag on cannot make truncated photos pass.
 The effective pixel cap is `min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS)`: above the latter Pillow
 raises its own DecompressionBombError while reading the header, reported as `too_large` too.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
-from . import image_containers
-from .image_errors import (AnimatedImageError, BadImageError, ImageError, TooLargeError,
+from . import containers
+from .errors import (AnimatedImageError, BadImageError, ImageError, TooLargeError,
                            UnsupportedFormatError)
 
 #: Formats decoded (Pillow names); the encoder writes each of them back.
@@ -112,9 +112,9 @@ def decode_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             _check_header(source, max_pixels)
             return _decode_opened(source, None)
     data = _read_bytes(source, max_bytes)
-    sniffed = image_containers.sniff_format(data)
+    sniffed = containers.sniff_format(data)
     if sniffed in SUPPORTED_FORMATS:  # before Pillow: name truncation as such, whatever its flag
-        image_containers.check_complete(data, sniffed)
+        containers.check_complete(data, sniffed)
     with _pillow_errors_as_image_errors(data):
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
             _check_header(image, max_pixels)
@@ -155,7 +155,7 @@ def _supported_list() -> str:
 
 
 def _unidentified(data: bytes) -> BadImageError:
-    sniffed = image_containers.sniff_format(data)
+    sniffed = containers.sniff_format(data)
     if sniffed is None:
         return BadImageError(
             f"not an image LowKey can read (supported formats: {_supported_list()})")
@@ -171,7 +171,7 @@ def _unsupported(format_name: str) -> UnsupportedFormatError:
 
 
 def _damaged(data: bytes, error: Exception) -> BadImageError:
-    name = image_containers.sniff_format(data) or "image"
+    name = containers.sniff_format(data) or "image"
     return BadImageError(f"damaged {name} file: {error}")
 
 
@@ -303,7 +303,7 @@ def _is_lossless(format_name: str, data: bytes | None) -> bool:
     if format_name == "PNG":
         return True
     if format_name == "WEBP" and data is not None:
-        return image_containers.webp_is_lossless(data)
+        return containers.webp_is_lossless(data)
     return False
 
 

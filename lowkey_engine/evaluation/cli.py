@@ -1,4 +1,4 @@
-"""`lowkey eval`: arguments and the run (the protocol is in evaluation.py, the files in report.py).
+"""`lowkey eval`: arguments and the run (the protocol is in protocol.py, the files in report.py).
 
     lowkey eval ../shared/data/faces/lfw-dev --preset fast --limit 20
     lowkey eval FOLDER --preset fast --preset standard --gallery 2 --real-dlib --out eval-out
@@ -24,7 +24,7 @@ def parse_override(text: str) -> tuple[str, object]:
     tuples), anything else as a string. The key must be a ProtectSettings field."""
     import dataclasses
 
-    from .settings import ProtectSettings
+    from ..settings import ProtectSettings
 
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
@@ -39,8 +39,8 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluation import DEFAULT_RECOGNIZERS, DEFAULT_TRANSFORMS
-    from .settings import PRESETS
+    from .protocol import DEFAULT_RECOGNIZERS, DEFAULT_TRANSFORMS
+    from ..settings import PRESETS
 
     parser.add_argument("folder", help="labelled photos: FOLDER/<identity>/<photos>")
     parser.add_argument("--preset", dest="presets", action="append", choices=list(PRESETS),
@@ -73,7 +73,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .evaluation import EvalConfig, run_evaluation
+    from .protocol import EvalConfig, run_evaluation
     from .report import write_report
 
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()

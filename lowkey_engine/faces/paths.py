@@ -8,7 +8,7 @@ from pathlib import Path
 #: Environment variable that overrides where converted model files are read and written.
 WEIGHTS_DIR_ENV = "LOWKEY_WEIGHTS_DIR"
 
-_REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+_REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
 
 def weights_dir() -> Path:

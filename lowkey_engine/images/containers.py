@@ -25,7 +25,7 @@ from typing import Iterator
 
 from PIL import ExifTags, Image
 
-from .image_errors import BadImageError, TruncatedImageError
+from .errors import BadImageError, TruncatedImageError
 
 # ---------------------------------------------------------------- sniffing
 

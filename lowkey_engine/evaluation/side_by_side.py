@@ -42,8 +42,8 @@ class Comparison:
 
 def compare(path: Path, settings) -> Comparison:
     """Protect the photo at `path` and decode both versions (as delivered, after encoding)."""
-    from .decode import decode_image
-    from .protect import protect
+    from ..images.decode import decode_image
+    from ..protect import protect
 
     data = Path(path).read_bytes()
     result = protect(data, settings)

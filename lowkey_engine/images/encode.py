@@ -9,7 +9,7 @@ thumbnails and user names never reach the output. Greyscale sources come back gr
 pixels still are (16-bit greyscale PNGs as 16-bit).
 
 `strip_metadata_only` is for photos the engine leaves unchanged (no face): it rewrites the source
-file's segments/chunks without metadata instead of re-encoding (`image_containers.
+file's segments/chunks without metadata instead of re-encoding (`containers.
 strip_metadata`), so pixels stay bit-identical for JPEG as well as PNG and WebP, at no quality
 cost. The one tag it keeps is Orientation (1-8), since those pixels are stored as they came.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import image_containers
+from . import containers
 from .decode import DecodedImage
 
 DEFAULT_JPEG_QUALITY = 95
@@ -63,7 +63,7 @@ def strip_metadata_only(decoded: DecodedImage) -> EncodedImage:
     (lossless for PNG/lossless WebP)."""
     if decoded.source_bytes is None:
         return encode_image(decoded.pixels, decoded)
-    data = image_containers.strip_metadata(decoded.source_bytes, decoded.format,
+    data = containers.strip_metadata(decoded.source_bytes, decoded.format,
                                            decoded.orientation)
     return EncodedImage(data, decoded.mime, decoded.format)
 

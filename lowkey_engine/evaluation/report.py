@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .perceptual import SHADING_SIGMA_PER_FACE
+from ..attack.perceptual import SHADING_SIGMA_PER_FACE
 
 #: Contact sheet: the change is shown as 0.5 + AMPLIFY * (protected - original).
 DIFFERENCE_AMPLIFY = 10.0

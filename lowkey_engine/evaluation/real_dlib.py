@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .datasets import most_central
-from .evaluation import REAL_DLIB_ID, RecognizerInfo
+from .observers import REAL_DLIB_ID, RecognizerInfo
 
 #: face_recognition's defaults: upsample once for HOG, one jitter for the descriptor.
 HOG_UPSAMPLE = 1

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from .budget import PerceptualBudget
 from .perceptual import SHADING_SIGMA_PER_FACE, shading_energy, ssim
-from .recognizers import Recognizer
-from .settings import ProtectSettings
+from ..faces.recognizers import Recognizer
+from ..settings import ProtectSettings
 from .transforms import downscale_and_back, gaussian_blur, jpeg_approx
 
 #: progress(stage, done, total)
