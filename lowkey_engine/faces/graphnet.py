@@ -36,6 +36,9 @@ def _pad_then(x: Tensor, padding: list[int] | None, value: float = 0.0) -> Tenso
 
 
 def _conv2d(x, weight, bias=None, *, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    top, bottom, left, right = padding
+    if top == bottom and left == right:        # the convolution pads by itself: no padded copy
+        return F.conv2d(x, weight, bias, tuple(stride), (top, left), tuple(dilation), groups)
     return F.conv2d(_pad_then(x, list(padding)), weight, bias, tuple(stride), 0, tuple(dilation), groups)
 
 
@@ -124,22 +127,77 @@ def _buffer_name(name: str) -> str:
     return "c_" + "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
+def fuse_decomposed_prelu(nodes: list[dict[str, Any]], tensors: dict[str, Tensor]
+                          ) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
+    """One `prelu` node for each PReLU that a converter spelled out in five elementwise ops.
+
+    TFLite files (mfn-expo) write PReLU as relu(x) + c * (x - |x|) = relu(x) + 2c * min(x, 0),
+    which is prelu(x, slope=2c): five passes over the activations (and five in backward) become
+    one. Matched only when the intermediate values feed nothing else; same output to rounding.
+    """
+    producer = {node["output"]: node for node in nodes}
+    uses: dict[str, int] = {}
+    for node in nodes:
+        for name in node["inputs"]:
+            uses[name] = uses.get(name, 0) + 1
+
+    def made_by(name: str, op: str) -> dict[str, Any] | None:
+        node = producer.get(name)
+        return node if node is not None and node["op"] == op and uses.get(name) == 1 else None
+
+    fused: dict[str, dict[str, Any]] = {}      # output of the `add` -> its prelu node
+    dropped: set[str] = set()                  # outputs of the four nodes the prelu replaces
+    tensors = dict(tensors)
+    for node in nodes:
+        if node["op"] != "add" or len(node["inputs"]) != 2:
+            continue
+        for relu_name, mul_name in (node["inputs"], node["inputs"][::-1]):
+            relu, mul = made_by(relu_name, "relu"), made_by(mul_name, "mul")
+            if relu is None or mul is None:
+                continue
+            x = relu["inputs"][0]
+            constants = [i for i in mul["inputs"] if i in tensors]
+            subs = [made_by(i, "sub") for i in mul["inputs"] if i not in tensors]
+            if len(constants) != 1 or len(subs) != 1 or subs[0] is None:
+                continue
+            sub = subs[0]
+            absolute = made_by(sub["inputs"][1], "abs")
+            if sub["inputs"][0] != x or absolute is None or absolute["inputs"][0] != x:
+                continue
+            slope_name = f"{constants[0]}:prelu_slope"
+            tensors[slope_name] = 2 * tensors[constants[0]]
+            fused[node["output"]] = {"op": "prelu", "inputs": [x, slope_name], "output": node["output"]}
+            dropped.update(n["output"] for n in (relu, mul, sub, absolute))
+            break
+    out = [fused.get(n["output"], n) for n in nodes if n["output"] not in dropped]
+    used = {name for n in out for name in n["inputs"]}
+    return out, {k: v for k, v in tensors.items() if k in used}
+
+
+#: Rewrites applied to every graph when it is loaded (each: same output, fewer passes).
+GRAPH_PASSES = (fuse_decomposed_prelu,)
+
+
 class GraphNet(nn.Module):
     """Runs a graph checkpoint (see module docstring). Input and output are whatever the source
-    model takes and gives, in NCHW layout; preprocessing belongs to the caller (`Recognizer`)."""
+    model takes and gives, in NCHW layout; preprocessing belongs to the caller (`Recognizer`).
+    `optimise` applies GRAPH_PASSES first."""
 
-    def __init__(self, checkpoint: dict[str, Any]):
+    def __init__(self, checkpoint: dict[str, Any], optimise: bool = True):
         super().__init__()
         if checkpoint.get("format") != GRAPH_FORMAT:
             raise ValueError(f"not a {GRAPH_FORMAT} checkpoint: format={checkpoint.get('format')!r}")
         self.input_name: str = checkpoint["input"]
         self.output_name: str = checkpoint["output"]
-        self.nodes: list[dict[str, Any]] = list(checkpoint["nodes"])
+        nodes, tensors = list(checkpoint["nodes"]), dict(checkpoint["tensors"])
+        for graph_pass in GRAPH_PASSES if optimise else ():
+            nodes, tensors = graph_pass(nodes, tensors)
+        self.nodes: list[dict[str, Any]] = nodes
         unknown = sorted({n["op"] for n in self.nodes} - OPS.keys())
         if unknown:
             raise ValueError(f"graph uses ops this runtime lacks: {unknown}")
         self._constant_buffers: dict[str, str] = {}
-        for name, tensor in checkpoint["tensors"].items():
+        for name, tensor in tensors.items():
             buffer = _buffer_name(name)
             self.register_buffer(buffer, torch.as_tensor(tensor).clone())
             self._constant_buffers[name] = buffer
