@@ -19,9 +19,10 @@ from PIL import Image
 from lowkey_engine.evaluation.datasets import LabelledPhoto
 from lowkey_engine.evaluation.cache import ProtectCache, cache_key
 from lowkey_engine.evaluation.observers import RecognizerInfo
+from lowkey_engine.evaluation.operating_points import OPERATING_POINTS, OperatingPoint
 from lowkey_engine.evaluation.uploads import parse_transform
-from lowkey_engine.evaluation.protocol import (EvalConfig,
-                                      run_evaluation, split_gallery_probes)
+from lowkey_engine.evaluation.protocol import (EvalConfig, leave_one_out, run_evaluation,
+                                               split_gallery_probes)
 from lowkey_engine.evaluation.metrics import (identity_ranks, own_gallery_swapped, rank_k_accuracy,
                                    similarity_scores)
 from lowkey_engine.evaluation.report import write_report
@@ -203,7 +204,9 @@ def _colour_folder(root: Path, photos_each: int = 3) -> Path:
     return root
 
 
-def test_protocol_with_a_fake_attack_and_recognizer(tmp_path):
+def test_protocol_with_a_fake_attack_and_recognizer(tmp_path, monkeypatch):
+    # "colour" calls two photos the same person above cosine 0.5
+    monkeypatch.setitem(OPERATING_POINTS, "colour", OperatingPoint("cosine", 0.5, "test"))
     root = _colour_folder(tmp_path / "photos")
     fake = FakeProtect()
     config = EvalConfig(root=root, gallery=1, transforms=("none", "half+jpeg75"), device="cpu",
@@ -222,10 +225,12 @@ def test_protocol_with_a_fake_attack_and_recognizer(tmp_path):
         assert row["probes_own_gallery_gone"] == 0.25
         assert row["gallery_undetected_protected"] == 0.25 and row["gallery_undetected_clean"] == 0.0
         assert row["role"] == "held-out" and row["probes"] == 8
+        # 8 probes x their identity's 1 gallery photo; inverted colours point the other way
+        assert row["pairs"] == 8 and row["pair_match_clean"] == 1.0 and row["pair_match_protected"] == 0.0
     assert results["quality"]["fast"]["face_psnr"]["mean"] < 20
     # a second run: every protected photo from the cache, the same numbers
     again = run_evaluation(config, protect_fn=fake, observers=[FakeObserver()], quiet=True)
-    assert fake.calls == 4 and again["cache"] == {"hits": 4, "misses": 0}
+    assert fake.calls == 4 and (again["cache"]["hits"], again["cache"]["misses"]) == (4, 0)
     assert again["results"] == results["results"]
 
     paths = write_report(results, tmp_path / "out")
@@ -235,6 +240,55 @@ def test_protocol_with_a_fake_attack_and_recognizer(tmp_path):
     for key in ("plot", "contact_sheet"):
         with Image.open(paths[key]) as image:
             assert image.format == "PNG" and min(image.size) > 100
+
+
+class CountingObserver(FakeObserver):
+    """FakeObserver that counts the photos it looks at and has a signature (disk-cacheable)."""
+
+    signature = "mean-colour v1"
+
+    def __init__(self):
+        self.looked_at = 0
+
+    def observe(self, data):
+        self.looked_at += 1
+        return super().observe(data)
+
+
+def test_observations_are_cached_on_disk_for_the_next_run(tmp_path):
+    root = _colour_folder(tmp_path / "photos")
+    config = EvalConfig(root=root, gallery=1, transforms=("none", "half"), device="cpu", cache_dir=tmp_path / "cache")
+    first_observer, second_observer = CountingObserver(), CountingObserver()
+    first = run_evaluation(config, protect_fn=FakeProtect(), observers=[first_observer], quiet=True)
+    second = run_evaluation(config, protect_fn=FakeProtect(), observers=[second_observer], quiet=True)
+    # 8 probes + 4 gallery photos x 2 transforms x (clean, protected), identical bytes looked at once
+    assert first_observer.looked_at == first["cache"]["observations"]["computed_now"] > 8
+    assert second_observer.looked_at == 0
+    assert second["cache"]["observations"]["from_disk"] == first_observer.looked_at
+    assert second["results"] == first["results"]
+
+
+def test_leave_one_out_runs_every_ensemble_and_reports_the_others_as_held_out():
+    assert leave_one_out(("a", "b", "c")) == (("b", "c"), ("a", "c"), ("a", "b"))
+    with pytest.raises(ValueError):
+        leave_one_out(("a",))
+    config = EvalConfig(root=".", presets=("fast",), recognizers=("dlib-resnet",),
+                        ensembles=leave_one_out(("mfn-expo", "mfn-faceplugin")))
+    runs = config.settings()
+    assert list(runs) == ["fast [mfn-faceplugin]", "fast [mfn-expo]"]
+    assert runs["fast [mfn-expo]"].ensemble == ("mfn-expo",)
+    assert config.recognizers_to_observe() == ("dlib-resnet", "mfn-faceplugin", "mfn-expo")
+    from lowkey_engine.evaluation.protocol import role_of
+    assert role_of("mfn-faceplugin", runs["fast [mfn-expo]"]) == "held-out"
+    assert role_of("mfn-expo", runs["fast [mfn-expo]"]) == "attacked"
+
+
+def test_operating_points_decide_on_cosine_or_distance():
+    cosine = OperatingPoint("cosine", 0.5, "test")
+    assert cosine.matches(torch.tensor([0.49, 0.5, float("-inf")])).tolist() == [False, True, False]
+    # similarity_scores gives minus the distance for Euclidean recognizers (dlib: < 0.6 matches)
+    euclidean = OPERATING_POINTS["dlib-real"]
+    assert euclidean.matches(torch.tensor([-0.59, -0.6, float("-inf")])).tolist() == [True, False, False]
 
 
 def test_protect_limit_keeps_the_other_identities_as_clean_distractors(tmp_path):

@@ -1,15 +1,21 @@
-"""Protected photos cached on disk by photo content and settings, so a rerun of `lowkey eval`, another
-recognizer or another upload transform costs no new attack."""
+"""What `lowkey eval` keeps on disk between runs: protected photos by photo content and settings
+(`ProtectCache`), so a rerun, another recognizer or another upload transform costs no new attack;
+and what the recognizers saw in each photo (`ObservationCache`), so clean galleries and probes are
+looked at once for all runs."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from .observers import observe_many
 
 #: Bump when the meaning of a cached protected photo changes (engine changes that alter output).
 CACHE_VERSION = 1
@@ -89,3 +95,57 @@ class ProtectCache:
                                              "photo_psnr": entry.photo_psnr, "settings": settings_key(settings)},
                                             default=list))
         return entry
+
+
+# --- what recognizers saw, cached -------------------------------------------------------------
+
+#: Bump when the meaning of a cached observation changes (detector or face-choice changes).
+OBSERVATION_CACHE_VERSION = 1
+
+
+class ObservationCache:
+    """What the observers (detector + recognizers) made of each photo, by the photo's sha256:
+    recognizer id -> embedding, kept in memory and, with a `folder`, on disk. The disk key holds
+    every observer's `signature` (its models' file digests and settings), so a changed model never
+    serves a stale embedding; observers without a signature are kept in memory only."""
+
+    def __init__(self, folder: Path | None, observers: Sequence[Any]):
+        self._observers = list(observers)
+        signatures = [getattr(o, "signature", None) for o in self._observers]
+        self.folder = folder if folder is not None and all(signatures) else None
+        self._namespace = hashlib.sha256(json.dumps([OBSERVATION_CACHE_VERSION, signatures]).encode()).hexdigest()[:16]
+        self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path:
+        return self.folder / self._namespace / key[:2] / f"{key}.pt"
+
+    def __contains__(self, key: str) -> bool:
+        if key in self._memory:
+            return True
+        if self.folder is not None and self._path(key).is_file():
+            self._memory[key] = torch.load(self._path(key), weights_only=True)
+            self.hits += 1
+            return True
+        return False
+
+    def __getitem__(self, key: str) -> dict[str, torch.Tensor]:
+        return self._memory[key]
+
+    def observe(self, photos: Sequence[tuple[str, bytes]]) -> None:
+        """Run every observer on `photos` ((sha256, bytes) pairs, batched) and keep the results."""
+        found: dict[str, dict[str, torch.Tensor]] = {key: {} for key, _ in photos}
+        for observer in self._observers:
+            for (key, _), seen in zip(photos, observe_many(observer, [data for _, data in photos])):
+                found[key].update({k: v.detach().cpu().contiguous() for k, v in seen.items()})
+        self.misses += len(photos)
+        self._memory.update(found)
+        if self.folder is None:
+            return
+        for key, seen in found.items():
+            path = self._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            torch.save(seen, temporary)
+            temporary.replace(path)

@@ -3,6 +3,7 @@
     lowkey eval ../shared/data/faces/lfw-dev --preset fast --limit 20
     lowkey eval FOLDER --preset fast --preset standard --gallery 2 --real-dlib --out eval-out
     lowkey eval FOLDER --preset fast --set steps=1 --transforms none jpeg75   # a quick smoke run
+    lowkey eval FOLDER --preset fast --leave-one-out mfn-expo mfn-faceplugin face-reid-0095 mfn-casia
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="gallery/probe split and attack seed")
     parser.add_argument("--recognizers", nargs="+", default=list(DEFAULT_RECOGNIZERS),
                         help=f"our recognizers to search with (default: {' '.join(DEFAULT_RECOGNIZERS)})")
+    attacked = parser.add_mutually_exclusive_group()
+    attacked.add_argument("--ensemble", dest="ensembles", action="append", nargs="+", metavar="RECOGNIZER",
+                          help="attack these recognizers instead of the preset's ensemble; repeat the flag "
+                               "for several runs (every other recognizer is reported as held out)")
+    attacked.add_argument("--leave-one-out", nargs="+", metavar="RECOGNIZER",
+                          help="one run per recognizer given, attacking all the others: each is held out once")
     parser.add_argument("--real-dlib", action="store_true",
                         help="also the real dlib pipeline (HOG detector, own alignment and model): needs the eval extra")
     parser.add_argument("--transforms", nargs="+", default=list(DEFAULT_TRANSFORMS),
@@ -73,11 +80,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .protocol import EvalConfig, run_evaluation
+    from .protocol import EvalConfig, leave_one_out, run_evaluation
     from .report import write_report
 
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    config = EvalConfig(root=args.folder, presets=tuple(args.presets or ["fast"]), overrides=dict(args.overrides),
+    try:
+        ensembles = leave_one_out(args.leave_one_out) if args.leave_one_out else tuple(map(tuple, args.ensembles or ()))
+    except ValueError as exc:
+        print(f"lowkey eval: {exc}", file=sys.stderr)
+        return 2
+    config = EvalConfig(root=args.folder, ensembles=ensembles, presets=tuple(args.presets or ["fast"]), overrides=dict(args.overrides),
                         gallery=args.gallery, limit=args.limit, protect_limit=args.protect_limit, max_per_identity=args.max_per_identity,
                         seed=args.seed, recognizers=tuple(args.recognizers), real_dlib=args.real_dlib,
                         transforms=tuple(args.transforms), ranks=tuple(args.ranks), device=args.device,

@@ -52,6 +52,14 @@ class MtcnnObserver:
         self.models = {r: load_recognizer(r, self.device) for r in recognizer_ids}
         self.recognizers = tuple(RecognizerInfo(r, "cosine", "mtcnn") for r in recognizer_ids)
 
+    @property
+    def signature(self) -> str:
+        """What decides this observer's embeddings: the model files (by digest) and metrics."""
+        from ..faces.paths import converted_path, file_digest
+
+        files = {name: file_digest(converted_path(name)) for name in ("mtcnn", *self.models)}
+        return f"mtcnn-central-face {files} {[(i.id, i.metric) for i in self.recognizers]}"
+
     def observe(self, data: bytes) -> dict[str, torch.Tensor]:
         return self.observe_many([data])[0]
 

@@ -48,10 +48,11 @@ import torch
 
 from ..attack.perceptual import REGION_METRICS
 from ..faces.recognizers import DEFAULT_ENSEMBLE
-from .cache import CachedProtection, ProtectCache, ProtectFunction
+from .cache import CachedProtection, ObservationCache, ProtectCache, ProtectFunction
 from .datasets import LabelledPhoto, labelled_photos, most_central
 from .metrics import identity_ranks, own_gallery_swapped, rank_k_accuracy, similarity_scores
-from .observers import REAL_DLIB_ID, MtcnnObserver, Observer, observe_many
+from .observers import REAL_DLIB_ID, MtcnnObserver, Observer
+from .operating_points import operating_point, pair_match_rate
 from .uploads import parse_transform
 
 #: What a social site does to uploads, as `UploadTransform` names (see `uploads.parse_transform`).
@@ -73,6 +74,18 @@ def role_of(recognizer_id: str, settings) -> str:
     return "held-out"
 
 
+def leave_one_out(pool: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """Every ensemble of all but one of `pool` (each member held out once); needs 2+ members."""
+    if len(pool) < 2:
+        raise ValueError("leave-one-out needs at least two recognizers to attack")
+    return tuple(tuple(m for m in pool if m != left_out) for left_out in pool)
+
+
+def run_label(preset: str, ensemble: Sequence[str] | None) -> str:
+    """How a run (a preset, attacking its own ensemble or the one given) is named in results."""
+    return preset if ensemble is None else f"{preset} [{'+'.join(ensemble)}]"
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 @dataclass
@@ -92,12 +105,25 @@ class EvalConfig:
     device: str = "auto"
     cache_dir: str | Path | None = None
     lpips: bool = True                  # report LPIPS when its real backbone is fetched
+    #: ensembles to attack with, each combined with each preset; empty = each preset's own ensemble.
+    #: Every recognizer not in a run's ensemble is reported as held out for that run.
+    ensembles: tuple[tuple[str, ...], ...] = ()
 
     def settings(self) -> dict[str, Any]:
+        """Run label (`run_label`) -> the ProtectSettings that run protects with."""
         from ..settings import ProtectSettings
 
-        return {p: ProtectSettings.from_preset(p, **{"seed": self.seed, "device": self.device, **self.overrides})
-                for p in self.presets}
+        runs = {}
+        for preset in self.presets:
+            base = ProtectSettings.from_preset(preset, **{"seed": self.seed, "device": self.device, **self.overrides})
+            for ensemble in self.ensembles or (None,):
+                runs[run_label(preset, ensemble)] = base if ensemble is None else base.replace(ensemble=tuple(ensemble))
+        return runs
+
+    def recognizers_to_observe(self) -> tuple[str, ...]:
+        """The recognizers asked for, plus every attacked one (so white-box numbers are reported)."""
+        attacked = [m for s in self.settings().values() for m in s.ensemble]
+        return tuple(dict.fromkeys([*self.recognizers, *attacked]))
 
 
 def split_gallery_probes(photos: Sequence[LabelledPhoto], gallery: int, seed: int
@@ -207,7 +233,7 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
     originals = [p.path.read_bytes() for p in gallery_photos]
 
     if observers is None:
-        observers = [MtcnnObserver(config.recognizers, device)]
+        observers = [MtcnnObserver(config.recognizers_to_observe(), device)]
         if config.real_dlib:
             from .real_dlib import RealDlibObserver
             observers.append(RealDlibObserver())
@@ -260,19 +286,16 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
 
     # 2. what each recognizer sees: probes as they are, galleries after each upload transform
     #    (each distinct photo is looked at once: identical bytes share their observation)
-    seen: dict[str, dict[str, torch.Tensor]] = {}
+    #    (on disk under the cache folder too: clean photos look the same to every later run)
+    seen = ObservationCache(None if config.cache_dir is None else Path(config.cache_dir) / "observations",
+                            observers)
 
     def observe(photos: list[bytes], progress_bar) -> list[dict[str, torch.Tensor]]:
         keys = [hashlib.sha256(data).hexdigest() for data in photos]
         todo = list({k: d for k, d in zip(keys, photos) if k not in seen}.items())
         for start in range(0, len(todo), OBSERVE_BATCH):
-            chunk = todo[start:start + OBSERVE_BATCH]
-            for key, _ in chunk:
-                seen[key] = {}
-            for observer in observers:
-                for (key, _), found in zip(chunk, observe_many(observer, [d for _, d in chunk])):
-                    seen[key].update(found)
-            progress_bar.update(len(chunk))
+            seen.observe(todo[start:start + OBSERVE_BATCH])
+            progress_bar.update(len(todo[start:start + OBSERVE_BATCH]))
         progress_bar.update(len(photos) - len(todo))
         return [seen[k] for k in keys]
 
@@ -300,9 +323,12 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
             embeddings = torch.stack([v.get(info.id, torch.zeros(dim)) for v in views])
             return similarity_scores(probes, embeddings, present, info.metric), present
 
+        point = operating_point(info.id)
+        same_person = kept_ids[:, None] == gallery_ids[None, :]      # every (probe, own gallery photo) pair
         for transform in transforms:
             clean_scores, clean_present = gallery_matrix(gallery_views[(None, transform.name)])
             clean_ranks = identity_ranks(clean_scores, gallery_ids, kept_ids)
+            pair_match_clean = pair_match_rate(clean_scores, same_person, point) if point else None
             for preset, settings in settings_by_preset.items():
                 protected_scores, protected_present = gallery_matrix(gallery_views[(preset, transform.name)])
                 mixed = own_gallery_swapped(clean_scores, protected_scores, gallery_ids, kept_ids)
@@ -318,6 +344,10 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
                 for k in config.ranks:
                     row[f"rank{k}_clean"] = rank_k_accuracy(clean_ranks, k)
                     row[f"rank{k}_protected"] = rank_k_accuracy(ranks, k)
+                # a probe's own gallery photos are all protected: its pairs are with those photos
+                row.update({"pairs": int(same_person.sum()), "pair_match_clean": pair_match_clean,
+                            "pair_match_protected": pair_match_rate(protected_scores, same_person, point)
+                            if point else None})
                 rows.append(row)
 
     return {
@@ -325,6 +355,8 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
             "setting": "identification (LowKey paper): own gallery protected, other identities' galleries clean, "
                        "clean probes; the clean baseline searches all-clean galleries",
             "gallery_template": "nearest gallery photo (identities ranked by their best-scoring photo)",
+            "pair_match": "share of (own gallery photo, clean probe) pairs the recognizer calls the same person "
+                          "at its operating point (operating_points.py); a gallery face not found never matches",
             "undetected": "a gallery photo whose face the recognizer's detector no longer finds is left out of the "
                           "gallery (counts as protected); probes whose clean face is not found are left out",
             "transforms": "applied with Pillow to the encoded gallery photos (clean and protected alike): "
@@ -335,6 +367,9 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
             "gallery_per_identity": config.gallery, "limit": config.limit,
             "protect_limit": config.protect_limit, "seed": config.seed,
             "recognizers": [dataclasses.asdict(i) for i in infos], "transforms": [dataclasses.asdict(t) for t in transforms],
+            "ensembles": [list(e) for e in config.ensembles],
+            "operating_points": {i.id: dataclasses.asdict(point) for i in infos
+                                 if (point := operating_point(i.id)) is not None},
             "ranks": list(config.ranks), "device": str(device),
             "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
         },
@@ -344,7 +379,8 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
         "perceptual": {"lpips": lpips_label},
         "quality": quality,
         "results": rows,
-        "cache": {"hits": cache.hits, "misses": cache.misses},
+        "cache": {"hits": cache.hits, "misses": cache.misses,
+                  "observations": {"from_disk": seen.hits, "computed_now": seen.misses}},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "seconds": time.perf_counter() - started},
         "_samples": samples,

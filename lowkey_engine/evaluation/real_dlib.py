@@ -61,9 +61,19 @@ class RealDlibObserver:
         except ImportError as missing:
             raise RealDlibUnavailable("the real dlib pipeline needs dlib: pip install dlib-bin==20.0.1.post1") from missing
         folder = model_folder()
+        self._files = {name: folder / name for name in (SHAPE_PREDICTOR, DESCRIPTOR_MODEL)}
+        self._version = getattr(dlib, "__version__", "?")
         self._detector = dlib.get_frontal_face_detector()
         self._shapes = dlib.shape_predictor(str(folder / SHAPE_PREDICTOR))
         self._descriptor = dlib.face_recognition_model_v1(str(folder / DESCRIPTOR_MODEL))
+
+    @property
+    def signature(self) -> str:
+        """What decides its descriptors: dlib's version, its model files, the pipeline's knobs."""
+        from ..faces.paths import file_digest
+
+        files = {name: file_digest(path) for name, path in self._files.items()}
+        return f"dlib {self._version} hog-upsample {HOG_UPSAMPLE} jitters {NUM_JITTERS} {files}"
 
     def observe(self, data: bytes) -> dict[str, torch.Tensor]:
         with Image.open(io.BytesIO(data)) as opened:

@@ -96,14 +96,24 @@ def markdown(results: dict[str, Any]) -> str:
               "## Identification accuracy, clean → protected", ""]
     header = ["recognizer", "role", "preset", "transform", "probes"]
     header += [f"rank-{k} clean → protected" for k in ranks]
-    header += ["gallery faces not found (clean / protected)", "probes whose own gallery vanished"]
+    header += ["pair-match clean → protected", "gallery faces not found (clean / protected)",
+               "probes whose own gallery vanished"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["results"]:
         cells = [row["recognizer"], row["role"], row["preset"], row["transform"], str(row["probes"])]
         cells += [f"{_pct(row[f'rank{k}_clean'])} → **{_pct(row[f'rank{k}_protected'])}**" for k in ranks]
+        pairs = row.get("pair_match_protected")
+        cells += [f"{_pct(row['pair_match_clean'])} → **{_pct(pairs)}** ({row['pairs']} pairs)"
+                  if pairs is not None else "–"]
         cells += [f"{_pct(row['gallery_undetected_clean'])} / {_pct(row['gallery_undetected_protected'])}",
                   _pct(row["probes_own_gallery_gone"])]
         lines.append("| " + " | ".join(cells) + " |")
+    points = results["config"].get("operating_points", {})
+    if points:
+        lines += ["", "Pair-match: the share of (own gallery photo, clean probe) pairs the recognizer still calls "
+                  "the same person at its operating point: "
+                  + "; ".join(f"`{name}` {p['metric']} {'≥' if p['metric'] == 'cosine' else '<'} {p['threshold']:.3f}"
+                              for name, p in points.items()) + "."]
     cache = results.get("cache", {})
     lines += ["", f"Protected photos: {cache.get('misses', 0)} computed, {cache.get('hits', 0)} from the cache. "
               f"Wall time {results['environment']['seconds']:.0f} s.", ""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -47,3 +49,14 @@ def require_converted(model_id: str) -> Path:
     if not path.is_file():
         raise MissingWeightsError(model_id, path)
     return path
+
+
+@functools.lru_cache(maxsize=64)
+def file_digest(path: Path) -> str:
+    """sha256 of a file (model files: a few MB), computed once per process: what identifies the
+    model a cached result came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
