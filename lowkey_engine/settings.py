@@ -52,7 +52,8 @@ class ProtectSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     # --- output
-    jpeg_output_quality: int = 95
+    jpeg_output_quality: int | None = None    # None: the photo's own quality and chroma subsampling
+                                              # (images.encode.output_jpeg_quality); else 1-100
     seed: int = 0
     device: str = "auto"                      # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
 

@@ -653,3 +653,37 @@ def test_decoded_image_is_frozen():
     assert isinstance(decoded, DecodedImage)
     with pytest.raises(AttributeError):
         decoded.format = "JPEG"
+
+
+# ---------------------------------------------------------------- JPEG quality kept
+
+@pytest.mark.parametrize("quality", [20, 50, 60, 75, 85, 92, 95, 100])
+def test_jpeg_quality_is_read_back_from_the_quantisation_tables(quality):
+    data = encoded(Image.fromarray(smooth_rgb()), "JPEG", quality=quality)
+    assert decode_image(data).jpeg_quality == quality
+
+
+def test_jpeg_quality_of_an_editors_own_tables_is_the_nearest_libjpeg_one():
+    from lowkey_engine.images.jpeg_tables import estimate_quality, scaled_tables
+
+    # every step 5 (an editor's flat table): the fine high-frequency steps of a high quality
+    # (libjpeg's 97 runs from 1 to 7), far from quality 75 (6 to 62)
+    flat = estimate_quality({0: [5] * 64, 1: [5] * 64})
+    assert 90 <= flat <= 100
+    assert estimate_quality({}) is None and estimate_quality({0: [0] * 64}) is None
+    luma, chroma = scaled_tables(83)
+    assert estimate_quality({0: list(luma), 1: list(chroma)}) == 83
+
+
+def test_protected_jpeg_is_saved_at_its_own_quality_within_bounds_and_subsampling():
+    from lowkey_engine.images.encode import JPEG_QUALITY_BOUNDS
+
+    low, high = JPEG_QUALITY_BOUNDS
+    for quality, subsampling, expected in ((40, 2, low), (80, 2, 80), (100, 0, high), (88, 1, 88)):
+        source = encoded(Image.fromarray(smooth_rgb()), "JPEG", quality=quality, subsampling=subsampling)
+        decoded = decode_image(source)
+        assert decoded.jpeg_subsampling == subsampling
+        out = decode_image(encode_image(decoded.pixels, decoded).data)
+        assert (out.jpeg_quality, out.jpeg_subsampling) == (expected, subsampling)
+    png = decode_image(encoded(Image.fromarray(smooth_rgb()), "PNG"))
+    assert png.jpeg_quality is None and png.jpeg_subsampling is None

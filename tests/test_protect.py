@@ -16,6 +16,7 @@ from PIL import Image
 
 from lowkey_engine.cli import main as lowkey
 from lowkey_engine.images.decode import decode_image
+from lowkey_engine.images.encode import encode_image
 from lowkey_engine.faces.detect import load_detector
 from lowkey_engine.protect import protect
 from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, load_recognizer
@@ -41,16 +42,34 @@ def pixels_of(data: bytes) -> torch.Tensor:
 
 def test_faces_change_only_around_faces_and_format_is_kept(portrait):
     result = protect(portrait, CHEAP)
-    original, protected = pixels_of(portrait), pixels_of(result.data)
+    decoded = decode_image(portrait)
+    original, protected = decoded.pixels, pixels_of(result.data)
     assert result.format == "JPEG" and result.mime == "image/jpeg"
     assert protected.shape == original.shape
     assert result.face_count == 1
-    changed = (protected - original).abs().amax(0) > 8 / 255
+    assert (protected - original).abs().amax(0).gt(8 / 255).any()
+    # against the same photo re-saved the same way, only the faces' surroundings differ: away
+    # from them the JPEG blocks get the same pixels in, so the same pixels come out
+    resaved = pixels_of(encode_image(original, decoded).data)
+    changed = (protected - resaved).abs().amax(0) > 1 / 255
     x1, y1, x2, y2 = (int(v) for v in result.faces[0].box)
     margin = 2 * max(x2 - x1, y2 - y1)          # the crop window reaches beyond the box
     outside = changed.clone()
     outside[max(0, y1 - margin):y2 + margin, max(0, x1 - margin):x2 + margin] = False
     assert changed.any() and not outside.any()
+
+
+def test_a_protected_jpeg_keeps_the_photos_own_quality_and_chroma_subsampling(faces_dir):
+    # sample1.jpg was saved at quality 60 with 4:2:2 chroma: it comes back at the lowest quality
+    # kept (75) with 4:2:2; obama.jpg (quality 92, 4:4:4) at 92 and 4:4:4
+    for name, quality, sampling in (("sample1.jpg", 75, 1), ("obama.jpg", 92, 0)):
+        source = (faces_dir / "photos-group" / name).read_bytes()
+        result = protect(source, CHEAP.replace(steps=1))
+        out = decode_image(result.data)
+        assert (out.jpeg_quality, out.jpeg_subsampling) == (quality, sampling), name
+    explicit = protect((faces_dir / "photos-group" / "obama.jpg").read_bytes(),
+                       CHEAP.replace(steps=1, jpeg_output_quality=80))
+    assert decode_image(explicit.data).jpeg_quality == 80
 
 
 def test_fast_preset_moves_the_face_for_every_attacked_recognizer_within_its_colour_cap(lfw_photo):

@@ -15,21 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..images.jpeg_tables import scaled_tables
+
 JPEG_BLOCK = 8
 JPEG_LEVEL_SHIFT = 128.0
 
-# The JPEG standard's example quantisation tables (ITU T.81, Annex K), luminance and chrominance.
-_LUMA_TABLE = (
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
-)
-_CHROMA_TABLE = (
-    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99,
-    24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99,
-    *([99] * 32),
-)
 # RGB -> YCbCr (JFIF) on 0..255 values, without JFIF's +128 offset on Cb and Cr.
 _RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
 
@@ -78,14 +68,8 @@ def _dct_matrix(device: str, dtype: torch.dtype) -> Tensor:
 
 def quantisation_tables(quality: int, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
     """libjpeg's quality scaling of the standard tables: (luma, chroma), each (8, 8)."""
-    quality = min(100, max(1, int(quality)))
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    tables = []
-    for base in (_LUMA_TABLE, _CHROMA_TABLE):
-        table = torch.tensor(base, dtype=torch.float64)
-        table = torch.clamp(torch.floor((table * scale + 50) / 100), 1, 255)
-        tables.append(table.view(JPEG_BLOCK, JPEG_BLOCK).to(device=device, dtype=dtype))
-    return tables[0], tables[1]
+    return tuple(torch.tensor(table, dtype=dtype, device=device).view(JPEG_BLOCK, JPEG_BLOCK)
+                 for table in scaled_tables(quality))
 
 
 def _straight_through_round(x: Tensor) -> Tensor:

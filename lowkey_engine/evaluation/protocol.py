@@ -263,8 +263,9 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
             original_pixels = decode_image(data).pixels
             protected_pixels = decode_image(entry.data).pixels
             box = most_central([_Boxed(b) for b in entry.boxes], original_pixels.shape[2], original_pixels.shape[1])
-            per_photo.append(photo_quality(original_pixels, protected_pixels, None if box is None else box.box,
-                                           lpips_metric))
+            per_photo.append({**photo_quality(original_pixels, protected_pixels, None if box is None else box.box,
+                                              lpips_metric),
+                              "bytes_ratio": len(entry.data) / len(data)})
             if len(results) <= CONTACT_SHEET_PHOTOS:
                 if len(samples["photos"]) < len(results):
                     samples["photos"].append((f"{photo.identity}/{photo.path.name}", original_pixels))
@@ -276,7 +277,7 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
         protected_data[preset] = as_uploaded
         quality[preset] = {
             **{k: _summary(q[k] for q in per_photo)
-               for k in ("photo_psnr", "photo_ssim", *(f"face_{m}" for m in REGION_METRICS))},
+               for k in ("photo_psnr", "photo_ssim", *(f"face_{m}" for m in REGION_METRICS), "bytes_ratio")},
             "face_lpips": _summary(q["face_lpips"] for q in per_photo) if lpips_metric is not None else None,
             "photos": len(results),
             "photos_without_face_protected": sum(1 for r in results if not r.boxes),

@@ -79,8 +79,8 @@ def markdown(results: dict[str, Any]) -> str:
         "## Image quality (gallery photos as delivered)",
         "",
         "| preset | photos | photo PSNR dB | photo SSIM | face PSNR dB | face SSIM (min) | face ΔE2000 mean / p95 "
-        "| face shading (levels) | face LPIPS | attack s/photo |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| face shading (levels) | face LPIPS | attack s/photo | file size out/in, median (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset, q in results["quality"].items():
         lpips = _num(q["face_lpips"]) if q.get("face_lpips") else "n/a"
@@ -88,7 +88,8 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_num(q['face_psnr'], digits=1)} | {_num(q['face_ssim'])} ({_num(q['face_ssim'], 'min')}) | "
                      f"{_num(q['face_delta_e'], digits=2)} / {_num(q['face_delta_e_p95'], digits=2)} | "
                      f"{_num(q['face_shading'], digits=2)} | {lpips} | "
-                     f"{_num(q['attack_seconds_per_photo'], digits=1)} |")
+                     f"{_num(q['attack_seconds_per_photo'], digits=1)} | "
+                     f"{_num(q.get('bytes_ratio'), 'median', 2)} ({_num(q.get('bytes_ratio'), 'max', 2)}) |")
     lines += ["", "Means over photos; face = the protected face's box. ΔE2000 ≈ 2.3 is a just-noticeable colour "
               f"difference. Shading: RMS of the change blurred by 1/{round(1 / SHADING_SIGMA_PER_FACE)} of the "
               "face box, in 8-bit levels "

@@ -23,9 +23,9 @@ from typing import Iterator, Union
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, JpegImagePlugin, UnidentifiedImageError
 
-from . import containers
+from . import containers, jpeg_tables
 from .errors import (AnimatedImageError, BadImageError, ImageError, TooLargeError,
                            UnsupportedFormatError)
 
@@ -45,6 +45,8 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 _ORIENTATION_TAG = ExifTags.Base.Orientation
 _UPRIGHT = 1
 _VALID_ORIENTATIONS = range(1, 9)
+#: Chroma subsampling codes Pillow reads and writes: 4:4:4, 4:2:2, 4:2:0.
+_PILLOW_SUBSAMPLINGS = (0, 1, 2)
 _MAX_8BIT = 255.0
 _MAX_16BIT = 65535.0
 #: Greyscale modes read as 16-bit; "I" (32-bit int) is how older Pillow read 16-bit grey PNGs.
@@ -77,6 +79,10 @@ class DecodedImage:
     lossless: the source was stored losslessly (PNG, lossless WebP).
     dpi:     (x, y) dots per inch when the source states it, else None.
     source_bytes: the file as received (for lossless metadata stripping), None for PIL input.
+    jpeg_quality: for a JPEG, the libjpeg quality its quantisation tables correspond to
+             (`jpeg_tables.estimate_quality`), None when unreadable or not a JPEG.
+    jpeg_subsampling: for a JPEG, its chroma subsampling as Pillow names it (0 = 4:4:4,
+             1 = 4:2:2, 2 = 4:2:0), None when unknown or not a JPEG.
     """
 
     pixels: torch.Tensor
@@ -91,6 +97,8 @@ class DecodedImage:
     lossless: bool
     dpi: tuple[float, float] | None
     source_bytes: bytes | None
+    jpeg_quality: int | None = None
+    jpeg_subsampling: int | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -231,7 +239,17 @@ def _decode_opened(image: Image.Image, data: bytes | None) -> DecodedImage:
         lossless=_is_lossless(format_name, data),
         dpi=_read_dpi(image),
         source_bytes=data,
+        **_jpeg_encoding(image, format_name),
     )
+
+
+def _jpeg_encoding(image: Image.Image, format_name: str) -> dict:
+    """How a JPEG was encoded, as far as its header tells: quality and chroma subsampling."""
+    if format_name != "JPEG":
+        return {}
+    sampling = JpegImagePlugin.get_sampling(image) if isinstance(image, JpegImagePlugin.JpegImageFile) else -1
+    return {"jpeg_quality": jpeg_tables.estimate_quality(getattr(image, "quantization", None) or {}),
+            "jpeg_subsampling": sampling if sampling in _PILLOW_SUBSAMPLINGS else None}
 
 
 def _read_exif(image: Image.Image) -> Image.Exif:

@@ -1,8 +1,9 @@
 """Encode stage: protected pixels -> file bytes in the source's format, without its metadata.
 
-Format out = format in: JPEG stays JPEG (quality 95, 4:4:4 chroma at quality >= 90), PNG stays PNG
-(alpha kept, bit-exact), WebP stays WebP (lossless when the source was, else quality 95). Same
-pixel size. Orientation is baked into the pixels by decode, so no Orientation tag is written.
+Format out = format in: JPEG stays JPEG at the quality it came with (read from its quantisation
+tables, kept within JPEG_QUALITY_BOUNDS; DEFAULT_JPEG_QUALITY when unreadable) and with its chroma
+subsampling, so the protected copy is about as large as the photo; PNG stays PNG (alpha kept,
+bit-exact), WebP stays WebP (lossless when the source was, else quality 95). Same pixel size. Orientation is baked into the pixels by decode, so no Orientation tag is written.
 Metadata written: the ICC colour profile and the DPI (where the format stores one) only; no EXIF,
 XMP, IPTC, comments or text chunks, so GPS positions, camera/lens serial numbers, maker notes,
 thumbnails and user names never reach the output. Greyscale sources come back greyscale when the
@@ -26,9 +27,14 @@ from PIL import Image
 from . import containers
 from .decode import DecodedImage
 
-DEFAULT_JPEG_QUALITY = 95
+#: JPEG quality when the source's own cannot be read (or for a PNG-less PIL image saved as JPEG).
+DEFAULT_JPEG_QUALITY = 92
+#: The source's own quality is kept within these bounds: below 75 a re-save visibly degrades the
+#: photo (and the attack models re-encoding at 60-90 anyway); above 95 only the file grows.
+JPEG_QUALITY_BOUNDS = (75, 95)
 DEFAULT_WEBP_QUALITY = 95
-#: From this JPEG quality up, chroma is stored at full resolution (4:4:4); below, 4:2:0.
+#: Without the source's subsampling: from this JPEG quality up, chroma is stored at full
+#: resolution (4:4:4); below, 4:2:0.
 FULL_CHROMA_MIN_QUALITY = 90
 _PILLOW_SUBSAMPLING_444, _PILLOW_SUBSAMPLING_420 = 0, 2
 _FORMATS_WITH_ALPHA = frozenset({"PNG", "WEBP"})
@@ -46,11 +52,20 @@ class EncodedImage:
     format: str
 
 
+def output_jpeg_quality(decoded: DecodedImage) -> int:
+    """The quality a protected JPEG is saved at: the source's own within JPEG_QUALITY_BOUNDS."""
+    if decoded.jpeg_quality is None:
+        return DEFAULT_JPEG_QUALITY
+    low, high = JPEG_QUALITY_BOUNDS
+    return min(high, max(low, decoded.jpeg_quality))
+
+
 def encode_image(pixels: torch.Tensor, decoded: DecodedImage, *,
-                 jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                 jpeg_quality: int | None = None,
                  webp_quality: int = DEFAULT_WEBP_QUALITY) -> EncodedImage:
     """Encode (3, H, W) RGB pixels in [0, 1] (values outside are clipped) in `decoded`'s format,
-    with `decoded`'s alpha, ICC profile and DPI. H, W must match `decoded.pixels`."""
+    with `decoded`'s alpha, ICC profile and DPI. H, W must match `decoded.pixels`. `jpeg_quality`
+    None = the source's own (`output_jpeg_quality`) and its chroma subsampling."""
     image = _to_pil(_checked_pixels(pixels, decoded), decoded)
     buffer = io.BytesIO()
     image.save(buffer, decoded.format, **_save_options(decoded, jpeg_quality, webp_quality))
@@ -111,9 +126,13 @@ def _save_options(decoded: DecodedImage, jpeg_quality: int, webp_quality: int) -
     if decoded.dpi and decoded.format in _FORMATS_WITH_DPI:
         options["dpi"] = decoded.dpi
     if decoded.format == "JPEG":
-        full_chroma = jpeg_quality >= FULL_CHROMA_MIN_QUALITY
-        subsampling = _PILLOW_SUBSAMPLING_444 if full_chroma else _PILLOW_SUBSAMPLING_420
-        options.update(quality=jpeg_quality, optimize=True, subsampling=subsampling)
+        follow_source = jpeg_quality is None
+        quality = output_jpeg_quality(decoded) if follow_source else jpeg_quality
+        if follow_source and decoded.jpeg_subsampling is not None:
+            subsampling = decoded.jpeg_subsampling
+        else:
+            subsampling = _PILLOW_SUBSAMPLING_444 if quality >= FULL_CHROMA_MIN_QUALITY else _PILLOW_SUBSAMPLING_420
+        options.update(quality=quality, optimize=True, subsampling=subsampling)
     elif decoded.format == "WEBP":
         if decoded.lossless:
             options.update(lossless=True, exact=True)  # exact: keep colour under transparent pixels
