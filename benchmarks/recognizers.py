@@ -1,8 +1,11 @@
 """Recognizer zoo benchmark: load time, CPU/CUDA forward+backward per face, LFW verification AUC.
 
     .venv/bin/python benchmarks/recognizers.py [--device cpu] [--faces-dir ../shared/data/faces]
+        [--models ID ...] [--identities 150] [--out PATH]
 
-Prints a Markdown table (the one in README.md) and writes benchmarks/results/recognizers-<device>.json.
+Prints a Markdown table (the one in README.md) and writes benchmarks/results/recognizers-<device>.json
+(or --out). Every fetched recognizer unless --models names some; --identities shrinks the LFW set for
+a quick check that the script runs (its AUCs and timings are then not the README's).
 Run by hand on a quiet machine; never part of the test suite.
 """
 
@@ -27,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 TIMING_BATCH = 8
 TIMING_REPEATS = 5
 PAIRS_PER_LABEL = 600
+LFW_IDENTITIES = 150
+LFW_PHOTOS_PER_IDENTITY = 4
 
 
 def fetchable_recognizers() -> list[str]:
@@ -72,15 +77,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--faces-dir", default=str(HERE.parent.parent / "shared" / "data" / "faces"))
+    parser.add_argument("--models", nargs="+", metavar="ID", help="recognizers to measure (default: every fetched one)")
+    parser.add_argument("--identities", type=int, default=LFW_IDENTITIES, help="LFW identities (4 photos each)")
+    parser.add_argument("--out", type=Path, help="where the JSON goes (default: benchmarks/results/)")
     args = parser.parse_args()
+    model_ids = args.models or fetchable_recognizers()
+    unknown = sorted(set(model_ids) - set(SPECS))
+    if unknown:
+        parser.error(f"unknown recognizer(s) {unknown}; known: {', '.join(SPECS)}")
 
     engine_load_seconds = time_load(args.device, list(DEFAULT_ENSEMBLE))
-    all_load_seconds = engine_load_seconds + time_load(args.device, fetchable_recognizers())
-    photos = labelled_photos(Path(args.faces_dir) / "lfw-dev", min_per_identity=4, max_per_identity=4,
-                             max_identities=150)
+    all_load_seconds = engine_load_seconds + time_load(args.device, model_ids)
+    photos = labelled_photos(Path(args.faces_dir) / "lfw-dev", min_per_identity=LFW_PHOTOS_PER_IDENTITY,
+                             max_per_identity=LFW_PHOTOS_PER_IDENTITY, max_identities=args.identities)
     faces = detect_subjects(photos, load_detector(args.device))
     rows = []
-    for model_id in fetchable_recognizers():
+    for model_id in model_ids:
         rows.append({"model": model_id, "auc": lfw_auc(model_id, args.device, faces),
                      "fwd_bwd_ms_per_face": 1000 * time_forward_backward(model_id, args.device, faces),
                      "held_out": SPECS[model_id].held_out,
@@ -92,8 +104,8 @@ def main() -> None:
     result = {"machine": machine, "load_seconds_detector_and_ensemble": engine_load_seconds,
               "load_seconds_all_models": all_load_seconds,
               "lfw_photos": len(faces.identities), "lfw_missed": faces.missed, "models": rows}
-    out = HERE / "results" / f"recognizers-{args.device.replace(':', '')}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out or HERE / "results" / f"recognizers-{args.device.replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
     print(f"Loading detector + attack ensemble: {engine_load_seconds:.2f} s; every fetched model: "

@@ -7,6 +7,8 @@
 #   PYTHON       interpreter to build the venv with (default: python3, must be >= 3.11)
 #   LOWKEY_VENV  where the venv goes (default: .venv in the checkout)
 #   TORCH_SPEC   torch/torchvision to install (default below: the versions tests run on)
+#   LOWKEY_WEIGHTS_MIRROR  folder of mirrored upstream model files, used instead of downloading them
+#                (default: ../shared/weights beside the checkout, when it exists)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +63,11 @@ step "LowKey and its packages"
 "${PIP[@]}" --no-deps "$FACENET_SPEC"
 
 step "model files"
+if [ -z "${LOWKEY_WEIGHTS_MIRROR:-}" ] && [ -d ../shared/weights ]; then
+    LOWKEY_WEIGHTS_MIRROR="$(cd ../shared/weights && pwd)"
+    export LOWKEY_WEIGHTS_MIRROR
+    echo "upstream model files from the mirror $LOWKEY_WEIGHTS_MIRROR"
+fi
 "$VENV/bin/lowkey" weights fetch
 
 step "protecting a sample photo"

@@ -22,14 +22,14 @@ EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
 
 def _weights_list(args: argparse.Namespace) -> int:
-    from lowkey_weights.fetch import is_fetched
+    from lowkey_weights.fetch import is_fetched, mirror_dir
     from lowkey_weights.manifest import load_manifest
 
     rows = []
     for entry in load_manifest().values():
         if is_fetched(entry):
             state = "ready"
-        elif entry.needs_internet:
+        elif entry.needs_internet and not (entry.mirrored and mirror_dir() is not None):
             state = "needs internet"
         else:
             state = "not fetched"

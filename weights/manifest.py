@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.toml"
 
@@ -23,6 +23,7 @@ class SourceFile:
     path: str      # path inside the package archive; for url sources, the file name to save as
     sha256: str    # full hex digest, or a published prefix of at least 8 hex digits; "" if unpublished
     verify: str = VERIFY_SHA256   # or VERIFY_RECORD_ON_FIRST_FETCH (url sources with sha256 = "")
+    mirror: str = ""   # url sources: the file's path inside a local mirror folder ($LOWKEY_WEIGHTS_MIRROR)
 
     @property
     def scheme(self) -> str:
@@ -52,6 +53,11 @@ class ModelEntry:
     def needs_internet(self) -> bool:
         return any(f.scheme == "url" for f in self.files)
 
+    @property
+    def mirrored(self) -> bool:
+        """Every upstream (url) file has a mirror path: fetchable offline where a mirror is set."""
+        return self.needs_internet and all(f.mirror for f in self.files if f.scheme == "url")
+
 
 def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ModelEntry]:
     """All manifest entries by id, in file order."""
@@ -67,6 +73,7 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ModelEntry]:
             if f.scheme not in ("npm", "pypi", "url"):
                 raise ValueError(f"{entry.id}: unknown source scheme in {f.source!r}")
             _check_verification(entry.id, f)
+            _check_mirror(entry.id, f)
         entries[entry.id] = entry
     return entries
 
@@ -78,3 +85,15 @@ def _check_verification(model_id: str, f: SourceFile) -> None:
                              f"sources without a published digest (sha256 = \"\"), not {f.name!r}")
     elif f.verify != VERIFY_SHA256:
         raise ValueError(f"{model_id}: unknown verify mode {f.verify!r} for {f.name!r}")
+
+
+def _check_mirror(model_id: str, f: SourceFile) -> None:
+    """A mirror copy is only taken on a pinned digest, and only from inside the mirror folder."""
+    if not f.mirror:
+        return
+    if f.scheme != "url" or f.verify != VERIFY_SHA256 or len(f.sha256) != 64:
+        raise ValueError(f"{model_id}: a mirror path is only for url sources with a full sha256, "
+                         f"not {f.name!r}")
+    mirror_path = PurePosixPath(f.mirror)
+    if mirror_path.is_absolute() or ".." in mirror_path.parts:
+        raise ValueError(f"{model_id}: mirror path {f.mirror!r} of {f.name!r} must be relative, inside the mirror")

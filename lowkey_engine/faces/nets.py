@@ -1,7 +1,8 @@
 """Builds the network inside a converted checkpoint, by the checkpoint's `format`.
 
 Converted recognizers are graph checkpoints run by GraphNet; models whose architecture ships as
-Python code (facenet-pytorch's InceptionResnetV1) are rebuilt from that code plus a state dict.
+Python code (facenet-pytorch's InceptionResnetV1, arcface-pytorch's MobileFaceNet) are rebuilt from
+that code (the package's, or the engine's own rewrite of it) plus a state dict.
 Each builder takes the loaded checkpoint dict and returns an `nn.Module` on the CPU.
 """
 
@@ -16,10 +17,12 @@ from torch import nn
 
 from .facenet import FACENET_FORMAT, build_facenet
 from .graphnet import GRAPH_FORMAT, GraphNet
+from .mobilefacenet import MOBILEFACENET_FORMAT, build_mobilefacenet
 
 NET_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     GRAPH_FORMAT: GraphNet,
     FACENET_FORMAT: build_facenet,
+    MOBILEFACENET_FORMAT: build_mobilefacenet,
 }
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .align import ARCFACE_TEMPLATE_112, scaled_template, similarity_transform, warp_faces
+from .align import ARCFACE_TEMPLATE_112, PIXEL_CENTRE, scaled_template, similarity_transform, warp_faces
 from .nets import load_net
 from .paths import require_converted
 
@@ -50,6 +50,21 @@ DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
+#: Intel face-reidentification-retail-0095's 128x128 input as Intel's demos align to it (Open Model
+#: Zoo's face_recognition_demo; the numbers are stated in the model mirror's README,
+#: ../shared/weights/README.md): the five ArcFace points of its 96x112 crop (the 112x112 template
+#: less its 8-pixel side margins), divided by (96, 112) and multiplied by 128, i.e. (40.39, 59.08),
+#: (87.38, 58.86), (64.03, 81.98), (44.73, 105.56), (83.64, 105.38) in OpenCV's pixel-index
+#: coordinates; here in continuous ones, like every template.
+ARCFACE_CROP_96X112 = (96.0, 112.0)
+ARCFACE_96X112_MARGIN = (112.0 - ARCFACE_CROP_96X112[0]) / 2
+INTEL_REID_INPUT = 128
+INTEL_REID_TEMPLATE_128 = tuple(
+    ((x - PIXEL_CENTRE - ARCFACE_96X112_MARGIN) / ARCFACE_CROP_96X112[0] * INTEL_REID_INPUT + PIXEL_CENTRE,
+     (y - PIXEL_CENTRE) / ARCFACE_CROP_96X112[1] * INTEL_REID_INPUT + PIXEL_CENTRE)
+    for x, y in ARCFACE_TEMPLATE_112)
+
+
 @dataclass(frozen=True)
 class RecognizerSpec:
     """What a recognizer expects. Pixels reach the network as (x * 255 - mean) / std, x in [0, 1],
@@ -78,6 +93,13 @@ SPECS: dict[str, RecognizerSpec] = {
                        channel_order="BGR", mean=CAFFE_MEAN_BGR, std=1.0),
         RecognizerSpec("dlib-resnet", 150, DLIB_CHIP_TEMPLATE_150, 128, mean=DLIB_MEAN_RGB, std=255.0,
                        held_out=True),
+        # BGR 0..255 as it is: the IR's first layers scale and shift each channel. Its rt_info records
+        # a conversion from ONNX with reverse_input_channels and scale 255 (the ONNX took RGB 0..1).
+        # On lfw-dev RGB scores as well (AUC 0.9999 both): the order follows Intel, not a measurement.
+        RecognizerSpec("face-reid-0095", INTEL_REID_INPUT, INTEL_REID_TEMPLATE_128, 256, channel_order="BGR",
+                       mean=0.0, std=1.0),
+        # arcface-pytorch standardises (x / 255 - 0.5) / 0.5.
+        RecognizerSpec("mfn-casia", 112, ARCFACE_TEMPLATE_112, 128, mean=127.5, std=127.5),
         # facenet-pytorch (upstream weights only): fixed standardisation = the default mean/std.
         RecognizerSpec("facenet-vggface2", 160, scaled_template(ARCFACE_TEMPLATE_112, 160 / 112), 512),
         RecognizerSpec("facenet-casia", 160, scaled_template(ARCFACE_TEMPLATE_112, 160 / 112), 512),

@@ -1,4 +1,5 @@
-"""Helpers for converters whose input is a PyTorch state dict: read it, check it against a model."""
+"""Helpers for converters whose input is a PyTorch state dict: read it, fold batch norms, check it
+against a model."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ def load_checked(module: nn.Module, state: Mapping[str, Tensor], what: str) -> d
     except RuntimeError as exc:
         raise ValueError(f"{what} does not fit {type(module).__name__}: {exc}") from exc
     return module.state_dict()
+
+
+def fold_batch_norm(weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, mean: Tensor,
+                    var: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of the one convolution computing bn(conv(x)) in eval mode, for a conv weight
+    (out, in/groups, kh, kw) and its batch norm's per-output-channel statistics: with
+    s = gamma / sqrt(var + eps), weight * s and beta + (bias - mean) * s. Computed in float64,
+    returned in the weight's dtype."""
+    if not gamma.numel() == beta.numel() == mean.numel() == var.numel() == weight.shape[0]:
+        raise ValueError(f"batch norm statistics of {gamma.numel()} channels after a convolution "
+                         f"with {weight.shape[0]} output channels")
+    scale = gamma.double() / torch.sqrt(var.double() + eps)
+    base = bias.double() if bias is not None else torch.zeros_like(scale)
+    folded_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    folded_bias = beta.double() + (base - mean.double()) * scale
+    return folded_weight.to(weight.dtype), folded_bias.to(weight.dtype)
