@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.profiler import record_function
 
 from .attack.lowkey import LowKeyAttack, ProgressCallback
 from .attack.crops import apply_changes, working_crops
@@ -89,29 +90,36 @@ class ProtectionEngine:
         started = time.perf_counter()
         report = progress or (lambda stage, done, total: None)
         report("decode", 0, 1)
-        decoded = decode_image(image, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes)
-        pixels = decoded.pixels.to(self.device)
+        with record_function("protect:decode"):
+            decoded = decode_image(image, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes)
+            pixels = decoded.pixels.to(self.device)
         _, height, width = pixels.shape
         report("detect", 0, 1)
-        faces = self.detector.detect(pixels)
+        with record_function("protect:detect"):
+            faces = self.detector.detect(pixels)
         report("detect", 1, 1)
         if not faces:
             encoded = strip_metadata_only(decoded)
             return Protected(encoded.data, encoded.mime, encoded.format, width, height, (),
                              time.perf_counter() - started, str(self.device), settings.preset)
 
-        boxes = torch.tensor([[float(v) for v in f.box] for f in faces], device=self.device)
-        landmarks = torch.stack([torch.as_tensor(f.landmarks, dtype=torch.float32) for f in faces]).to(self.device)
-        working_size = round(settings.working_face_px * settings.crop_margin)
-        windows, crops, crop_landmarks, masks = working_crops(
-            pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
-            feather=settings.feather)
+        with record_function("protect:working crops"):
+            boxes = torch.tensor([[float(v) for v in f.box] for f in faces], device=self.device)
+            landmarks = torch.stack([torch.as_tensor(f.landmarks, dtype=torch.float32) for f in faces]).to(self.device)
+            working_size = round(settings.working_face_px * settings.crop_margin)
+            windows, crops, crop_landmarks, masks = working_crops(
+                pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
+                feather=settings.feather)
         attack = LowKeyAttack.from_settings(settings, self.recognizers)
-        change = attack(crops, crop_landmarks, masks, progress=report)
-        protected = apply_changes(pixels, windows, masks * change)
+        with record_function("protect:attack"):
+            change = attack(crops, crop_landmarks, masks, progress=report)
+        with record_function("protect:paste"):
+            protected = apply_changes(pixels, windows, masks * change)
         report("encode", 0, 1)
-        encoded = encode_image(protected.cpu(), decoded, jpeg_quality=settings.jpeg_output_quality)
-        results = tuple(_face_result(face, pixels, protected) for face in faces)
+        with record_function("protect:encode"):
+            encoded = encode_image(protected.cpu(), decoded, jpeg_quality=settings.jpeg_output_quality)
+        with record_function("protect:measure change"):
+            results = tuple(_face_result(face, pixels, protected) for face in faces)
         return Protected(encoded.data, encoded.mime, encoded.format, width, height, results,
                          time.perf_counter() - started, str(self.device), settings.preset,
                          photo_psnr=float(psnr(protected[None], pixels[None])[0]))

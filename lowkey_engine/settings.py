@@ -30,12 +30,15 @@ class ProtectSettings:
     delta_e_cap: float | None = 2.2           # per-pixel CIEDE2000 limit (luma only); None = epsilon alone
     momentum: float = 0.9                     # MI-FGSM decay of the accumulated gradient; 0 = none
     random_start: float = 0.005               # uniform start in [-r, r]
-    penalty_weight: float = 100.0             # weight of (1 - SSIM) between clean and protected crop
-    shading_weight: float = 1.5               # weight of the change's shading energy (8-bit levels^2; its
+    # The penalties weigh against the distance averaged over the ensemble's members (see attack).
+    penalty_weight: float = 50.0              # weight of (1 - SSIM) between clean and protected crop
+    shading_weight: float = 0.75              # weight of the change's shading energy (8-bit levels^2; its
                                               # blur is perceptual.SHADING_SIGMA_PER_FACE of the working face)
     blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size
     blur_sigma: float = 3.0
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
+    members_per_step: int | None = None       # members each step attacks, drawn at random; None = all
+    views: int = 1                            # upload-pipeline and alignment draws per step, one batch
     # --- expectation over what social sites do to uploads (applied at random each step)
     robust: bool = True
     jpeg_quality: tuple[int, int] = (60, 90)
@@ -76,5 +79,5 @@ PRESETS: dict[str, ProtectSettings] = {
     # More steps, a looser cap (2.8), a lighter SSIM penalty and no shading penalty: more
     # protection, visible on close inspection.
     "strong": ProtectSettings(preset="strong", steps=100, step_size=0.0015, step_decay=1.0, delta_e_cap=2.8,
-                              penalty_weight=50.0, shading_weight=0.0),
+                              penalty_weight=25.0, shading_weight=0.0),
 }

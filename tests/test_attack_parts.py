@@ -113,3 +113,42 @@ def test_steps_shrink_along_a_half_cosine_from_step_size_to_its_decayed_share(sy
     assert all(a > b for a, b in zip(sizes, sizes[1:]))
     constant = LowKeyAttack([recognizer], steps=5, step_size=0.01, step_decay=1.0)
     assert [constant.step_size_at(step) for step in range(5)] == pytest.approx([0.01] * 5)
+
+
+def test_the_distance_is_averaged_over_members_so_adding_one_keeps_the_penalty_balance(synthetic_attack_inputs):
+    # The same recognizer twice is the same objective as once: the penalty's hold does not change
+    # with the ensemble's size.
+    recognizer, crops, landmarks, mask = synthetic_attack_inputs
+    knobs = dict(steps=3, step_size=0.01, epsilon=0.02, penalty_weight=50.0)
+    once = LowKeyAttack([recognizer], **knobs)(crops, landmarks, mask)
+    twice = LowKeyAttack([recognizer, recognizer], **knobs)(crops, landmarks, mask)
+    torch.testing.assert_close(once, twice, atol=1e-6, rtol=0)
+
+
+def test_several_views_in_one_batch_are_the_mean_of_the_views_one_at_a_time(synthetic_attack_inputs):
+    recognizer, crops, landmarks, _ = synthetic_attack_inputs
+    attack = LowKeyAttack([recognizer], views=3, shift_px=2.0)
+    generator = torch.Generator().manual_seed(5)
+    views = torch.cat([crops + 0.01 * k for k in range(3)])
+    jittered = torch.cat([attack._jitter_landmarks(landmarks, generator) for _ in range(3)])
+    with torch.no_grad():
+        clean = [recognizer.embed(crops, landmarks)]
+        batched = attack._embedding_distance(views, jittered, clean, [0])
+        separate = torch.stack([attack._embedding_distance(views[2 * k:2 * k + 2], jittered[2 * k:2 * k + 2], clean, [0])
+                                for k in range(3)]).mean(0)
+    torch.testing.assert_close(batched, separate, atol=1e-5, rtol=1e-5)
+
+
+def test_a_stochastic_ensemble_draws_members_per_step_and_is_repeatable(synthetic_attack_inputs):
+    recognizer = synthetic_attack_inputs[0]
+    attack = LowKeyAttack([recognizer] * 4, members_per_step=2)
+    generator = torch.Generator().manual_seed(0)
+    draws = [attack._members(generator) for _ in range(200)]
+    assert all(len(d) == 2 and len(set(d)) == 2 for d in draws)
+    counts = torch.bincount(torch.tensor(draws).flatten(), minlength=4)
+    assert counts.min() > 60                                  # every member gets its turn (100 expected)
+    again = torch.Generator().manual_seed(0)
+    assert [attack._members(again) for _ in range(200)] == draws
+    assert LowKeyAttack([recognizer] * 4)._members(generator) == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        LowKeyAttack([recognizer], views=0)
