@@ -41,7 +41,8 @@ def observe_many(observer, photos: Sequence[bytes]) -> list[dict[str, torch.Tens
 
 class MtcnnObserver:
     """Our MTCNN detector on the photo as it arrives, the central face's landmarks, then each of
-    our recognizers (`Recognizer.embed`: its own alignment template and preprocessing)."""
+    our recognizers (its own alignment template and preprocessing), compared as its own users
+    compare faces (`RecognizerSpec.comparison`: dlib's raw descriptors by Euclidean distance)."""
 
     def __init__(self, recognizer_ids: Sequence[str], device: str | torch.device = "cpu"):
         from ..faces.detect import load_detector
@@ -50,7 +51,7 @@ class MtcnnObserver:
         self.device = torch.device(device)
         self.detector = load_detector(self.device)
         self.models = {r: load_recognizer(r, self.device) for r in recognizer_ids}
-        self.recognizers = tuple(RecognizerInfo(r, "cosine", "mtcnn") for r in recognizer_ids)
+        self.recognizers = tuple(RecognizerInfo(r, model.spec.comparison, "mtcnn") for r, model in self.models.items())
 
     @property
     def signature(self) -> str:
@@ -82,7 +83,10 @@ class MtcnnObserver:
             images = torch.stack([pixels[i] for i in indices])
             landmarks = torch.stack([l for _, l in members])
             for recognizer_id, model in self.models.items():
-                embeddings = model.embed(images, landmarks).cpu()
+                aligned = model.align(images, landmarks)
+                # as its own users compare them: unit vectors by cosine, dlib's raw descriptors by distance
+                embeddings = (model.descriptors(aligned) if model.spec.comparison == "euclidean"
+                              else model(aligned)).cpu()
                 for i, embedding in zip(indices, embeddings):
                     out[i][recognizer_id] = embedding
         return out

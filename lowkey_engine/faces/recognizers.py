@@ -80,6 +80,9 @@ class RecognizerSpec:
     layout: str = "NCHW"                              # layout the converted graph takes
     held_out: bool = False                            # never attacked; used to measure transfer
     in_default_ensemble: bool = False
+    #: How the model's own users compare faces: "cosine" of unit embeddings, or "euclidean" distance
+    #: between its raw descriptors (dlib), which `Recognizer.descriptors` returns.
+    comparison: str = "cosine"
 
 
 SPECS: dict[str, RecognizerSpec] = {
@@ -92,7 +95,7 @@ SPECS: dict[str, RecognizerSpec] = {
         RecognizerSpec("hse-faceres-deep", 224, scaled_template(ARCFACE_TEMPLATE_112, 2.0), 1024,
                        channel_order="BGR", mean=CAFFE_MEAN_BGR, std=1.0),
         RecognizerSpec("dlib-resnet", 150, DLIB_CHIP_TEMPLATE_150, 128, mean=DLIB_MEAN_RGB, std=255.0,
-                       held_out=True),
+                       held_out=True, comparison="euclidean"),
         # BGR 0..255 as it is: the IR's first layers scale and shift each channel. Its rt_info records
         # a conversion from ONNX with reverse_input_channels and scale 255 (the ONNX took RGB 0..1).
         # On lfw-dev RGB scores as well (AUC 0.9999 both): the order follows Intel, not a measurement.
@@ -126,12 +129,16 @@ class Recognizer(nn.Module):
             x = x.flip(1)
         return (x - self._mean) / self.spec.std
 
-    def forward(self, faces: Tensor) -> Tensor:
+    def descriptors(self, faces: Tensor) -> Tensor:
+        """The network's own output (N, D) for aligned faces, not normalised (dlib compares these
+        by Euclidean distance)."""
         size = self.spec.input_size
         if faces.shape[-2:] != (size, size):
             raise ValueError(f"{self.spec.id} takes {size}x{size} faces, got {tuple(faces.shape[-2:])}")
-        out = self.net(self.preprocess(faces))
-        return F.normalize(out.flatten(1).float(), dim=1)
+        return self.net(self.preprocess(faces)).flatten(1).float()
+
+    def forward(self, faces: Tensor) -> Tensor:
+        return F.normalize(self.descriptors(faces), dim=1)
 
     def alignment_matrices(self, landmarks: Tensor) -> Tensor:
         """(N, 5, 2) landmarks in source pixels -> (N, 2, 3) source-to-input-pixel transforms."""
