@@ -51,9 +51,27 @@ def test_projection_keeps_every_channel_in_range_and_luma_changes_grey():
     assert rgb.shape == (1, 3, 4, 4) and torch.equal(rgb[:, 0], rgb[:, 2])
     assert ((crops + rgb) <= 1).all() and ((crops + budget.to_rgb(down)) >= 0).all()
     with pytest.raises(ValueError):
-        PerceptualBudget(0.1, colour="rgb", delta_e_cap=2.0)
+        PerceptualBudget(0.1, colour="rgb", delta_e_cap=0.0)
     with pytest.raises(ValueError):
         PerceptualBudget(0.1, colour="hsv")
+
+
+def test_a_colour_change_is_scaled_onto_the_delta_e_ball_and_keeps_its_direction():
+    generator = torch.Generator().manual_seed(0)
+    crops = torch.rand(2, 3, 32, 32, generator=generator) * 0.6 + 0.2
+    change = (torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1) * 0.05      # up to ~13 levels
+    mask = torch.ones(2, 1, 32, 32)
+    budget = PerceptualBudget(12 / 255, colour="rgb", delta_e_cap=2.2)
+    projected = budget.project(change, crops, mask, budget.limits(crops))
+    difference = delta_e2000(crops, crops + projected)
+    assert float(difference.max()) <= 2.2 * 1.06                  # the ball, to ΔE2000's non-linearity
+    assert float(difference.median()) >= 2.2 * 0.9                # large changes end on its surface
+    # scaled, not clipped per channel: each pixel keeps its colour direction
+    clipped = change.clamp(-12 / 255, 12 / 255)
+    cosine = torch.nn.functional.cosine_similarity(projected, clipped, dim=1)
+    assert float(cosine.min()) > 0.999
+    small = change * 0.01
+    torch.testing.assert_close(budget.project(small, crops, mask, budget.limits(crops)), small)
 
 
 def test_delta_e_cap_holds_for_the_largest_change_it_allows_on_a_real_photo(faces_dir):

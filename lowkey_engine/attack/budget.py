@@ -11,10 +11,12 @@ changes and low-texture changes long before SSIM does. Two knobs shape the chang
   area (smooth skin, sky) may change by `texture_floor * epsilon`; one in texture (hair, brows,
   eyes, edges) by up to `epsilon`. Local contrast = the Gaussian-weighted standard deviation of
   luma around the pixel; at `texture_reference` or more the full budget applies.
-- `delta_e_cap` (luma only): a budget in the eye's units. Each pixel may get lighter or darker
-  only as far as its CIEDE2000 difference from the clean pixel stays under the cap: a fixed
+- `delta_e_cap`: a budget in the eye's units. With `colour="luma"` each pixel may get lighter or
+  darker only as far as its CIEDE2000 difference from the clean pixel stays under the cap: a fixed
   number of 8-bit levels is a large step in dark hair and a small one on bright skin. The limits
-  are measured on the clean crop (the ΔE2000 of a probe step, scaled linearly to the cap).
+  are measured on the clean crop (the ΔE2000 of a probe step, scaled linearly to the cap). With
+  `colour="rgb"` the change may also move chroma, and each pixel's change is scaled back onto the
+  ΔE2000 ball after every step (`project`): the same visible budget, more directions to spend it.
 
 Images are NCHW RGB in [0, 1]; a change is (N, 1, S, S) for luma and (N, 3, S, S) for RGB,
 in [0, 1] pixel units.
@@ -38,6 +40,8 @@ CONTRAST_SIGMA = 2.0
 COLOUR_SPACES = ("rgb", "luma")
 #: Lightness step whose measured ΔE2000 sets the per-pixel `delta_e_cap` limits (linear scaling).
 DELTA_E_PROBE = 8 / 255
+#: Passes of scaling an RGB change onto the ΔE2000 ball (ΔE2000 is only nearly linear in it).
+DELTA_E_BALL_PASSES = 2
 
 
 def luma(images: Tensor) -> Tensor:
@@ -71,8 +75,8 @@ class PerceptualBudget:
             raise ValueError(f"texture_floor must be in [0, 1], got {self.texture_floor}")
         if self.texture_reference <= 0:
             raise ValueError(f"texture_reference must be > 0, got {self.texture_reference}")
-        if self.delta_e_cap is not None and (self.colour != "luma" or self.delta_e_cap <= 0):
-            raise ValueError("delta_e_cap must be > 0 and needs colour='luma' (a lightness-only change)")
+        if self.delta_e_cap is not None and self.delta_e_cap <= 0:
+            raise ValueError(f"delta_e_cap must be > 0 or None, got {self.delta_e_cap}")
 
     @property
     def channels(self) -> int:
@@ -88,7 +92,7 @@ class PerceptualBudget:
         if self.texture_floor < 1.0:
             texture = (local_contrast(crops) / self.texture_reference).clamp(0, 1)
             limit = limit * (self.texture_floor + (1 - self.texture_floor) * texture)
-        if self.delta_e_cap is None:
+        if self.delta_e_cap is None or self.colour == "rgb":    # rgb: the cap is a ball (project)
             return limit, limit
         darker, lighter = (self.delta_e_cap * DELTA_E_PROBE
                            / delta_e2000(crops, (crops + sign * DELTA_E_PROBE).clamp(0, 1)).clamp_min(1e-3)
@@ -114,4 +118,16 @@ class PerceptualBudget:
             darker, lighter = limits
             lowest, highest = torch.maximum(lowest, -darker), torch.minimum(highest, lighter)
         change = torch.maximum(torch.minimum(change, highest), lowest)
-        return torch.where(mask > 0, change, torch.zeros_like(change))
+        change = torch.where(mask > 0, change, torch.zeros_like(change))
+        if self.delta_e_cap is not None and self.channels == 3:
+            change = self._onto_delta_e_ball(change, crops, mask)
+        return change
+
+    def _onto_delta_e_ball(self, change: Tensor, crops: Tensor, mask: Tensor) -> Tensor:
+        """Each pixel's RGB change scaled down (never up) so that its CIEDE2000 from the clean
+        pixel is at most the cap; ΔE2000 is nearly linear in a small change, and a second pass
+        catches the rest. Scaling towards zero keeps the [0, 1] range."""
+        for _ in range(DELTA_E_BALL_PASSES):
+            difference = delta_e2000(crops, crops + mask * change).to(change.dtype)[:, None]
+            change = change * (self.delta_e_cap / difference.clamp_min(1e-6)).clamp(max=1.0)
+        return change
