@@ -38,6 +38,9 @@ class ProtectSettings:
     blur_sigma: float = 3.0
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
     members_per_step: int | None = None       # members each step attacks, drawn at random; None = all
+    member_focus: float | None = None         # None: the members' distances are averaged; a temperature
+                                              # (squared-distance units, 0-8): their soft minimum, so the
+                                              # members that still recognize the face weigh most
     views: int = 1                            # upload-pipeline and alignment draws per step, one batch
     # --- expectation over what social sites do to uploads (applied at random each step)
     robust: bool = True

@@ -134,7 +134,8 @@ def test_several_views_in_one_batch_are_the_mean_of_the_views_one_at_a_time(synt
     with torch.no_grad():
         clean = [recognizer.embed(crops, landmarks)]
         batched = attack._embedding_distance(views, jittered, clean, [0])
-        separate = torch.stack([attack._embedding_distance(views[2 * k:2 * k + 2], jittered[2 * k:2 * k + 2], clean, [0])
+        separate = torch.stack([attack._embedding_distance(views[2 * k:2 * k + 2], jittered[2 * k:2 * k + 2],
+                                                           clean, [0])
                                 for k in range(3)]).mean(0)
     torch.testing.assert_close(batched, separate, atol=1e-5, rtol=1e-5)
 
@@ -152,3 +153,15 @@ def test_a_stochastic_ensemble_draws_members_per_step_and_is_repeatable(syntheti
     assert LowKeyAttack([recognizer] * 4)._members(generator) == [0, 1, 2, 3]
     with pytest.raises(ValueError):
         LowKeyAttack([recognizer], views=0)
+
+
+def test_member_focus_moves_the_ensemble_distance_from_the_mean_to_the_smallest():
+    from lowkey_engine.attack.lowkey import combine_members
+
+    distances = torch.tensor([[0.4, 2.0], [1.6, 2.0]])          # two members, two faces
+    torch.testing.assert_close(combine_members(distances, None), torch.tensor([1.0, 2.0]))
+    sharp = combine_members(distances, 0.01)
+    assert abs(float(sharp[0]) - 0.4) < 0.01 and abs(float(sharp[1]) - 2.0) < 1e-4
+    soft = combine_members(distances, 100.0)
+    assert abs(float(soft[0]) - 1.0) < 0.01
+    assert 0.4 < float(combine_members(distances, 0.5)[0]) < 1.0

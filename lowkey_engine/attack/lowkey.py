@@ -50,6 +50,15 @@ _DEFAULTS = ProtectSettings()
 TRANSFORM_PROBABILITY = 0.5
 
 
+def combine_members(distances: Tensor, focus: float | None) -> Tensor:
+    """The ensemble's distance per face from its members' (M, N): their mean (`focus` None), or a
+    soft minimum at temperature `focus` (squared-distance units), between the mean (large focus)
+    and the smallest (small focus), so the members that still recognize the face weigh most."""
+    if focus is None:
+        return distances.mean(0)
+    return -focus * (torch.logsumexp(-distances / focus, 0) - math.log(distances.shape[0]))
+
+
 @dataclass
 class LowKeyAttack:
     """Signed-gradient LowKey attack. Knobs mean what `ProtectSettings`' fields of the same
@@ -81,6 +90,7 @@ class LowKeyAttack:
     align_rotation_deg: float = _DEFAULTS.align_rotation_deg
     views: int = _DEFAULTS.views
     members_per_step: int | None = _DEFAULTS.members_per_step
+    member_focus: float | None = _DEFAULTS.member_focus
     seed: int = _DEFAULTS.seed
 
     def __post_init__(self):
@@ -88,6 +98,8 @@ class LowKeyAttack:
             raise ValueError("the attack needs at least one recognizer")
         if self.views < 1:
             raise ValueError(f"views must be >= 1, got {self.views}")
+        if self.member_focus is not None and self.member_focus <= 0:
+            raise ValueError(f"member_focus must be > 0 or None, got {self.member_focus}")
         if self.members_per_step is not None and self.members_per_step < 1:
             raise ValueError(f"members_per_step must be >= 1 or None, got {self.members_per_step}")
         self.recognizers = list(self.recognizers)
@@ -129,20 +141,21 @@ class LowKeyAttack:
 
     def _embedding_distance(self, views: Tensor, landmarks: Tensor, clean: list[Tensor], members: list[int]
                             ) -> Tensor:
-        """Per face (N,): the mean over `members` and over the views of the squared distance to
-        the clean embedding, for the view plus for its Gaussian-smoothed copy. views (V*N, 3, S, S)
+        """Per face (N,): the mean over `members` (or their soft minimum, `member_focus`) of the mean
+        over the views of the squared distance to the clean embedding, for the view plus for its
+        Gaussian-smoothed copy. views (V*N, 3, S, S)
         and landmarks (V*N, 5, 2) hold V views of the N faces, view-major."""
         faces = clean[0].shape[0]
         with record_function("lowkey:smoothed branch"):
             both = torch.cat([views, gaussian_blur(views, self.blur_kernel, self.blur_sigma)])
             both_landmarks = torch.cat([landmarks, landmarks])
-        total = views.new_zeros(faces)
+        per_member = []
         for index in members:
             with record_function("lowkey:surrogates"):
                 embedded = self.recognizers[index].embed(both, both_landmarks)
             squared = (embedded.view(-1, faces, embedded.shape[-1]) - clean[index]).pow(2).sum(-1)
-            total = total + squared.view(2, -1, faces).sum(0).mean(0)     # sharp + smoothed, mean over views
-        return total / len(members)
+            per_member.append(squared.view(2, -1, faces).sum(0).mean(0))   # sharp + smoothed, mean over views
+        return combine_members(torch.stack(per_member), self.member_focus)
 
     def _jitter_landmarks(self, landmarks: Tensor, generator: torch.Generator) -> Tensor:
         """A random similarity transform of each face's landmarks about their centre: shift by up
