@@ -199,7 +199,8 @@ def main() -> None:
                "processor": platform.processor() or platform.machine(),
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     print(f"\n{machine}\n")
-    print("| preset | steps | faces | s/photo | s/face | s/step/face | GFLOP/step/face | GFLOP/s | matmul GFLOP/s | ratio |")
+    print("| preset | steps | faces | s/photo | s/face | s/step/face | GFLOP/step/face | GFLOP/s "
+          "| matmul GFLOP/s | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} | {r['steps']} | {r['faces']} | {r['seconds']:.2f} | {r['seconds_per_face']:.2f} | "

@@ -69,7 +69,8 @@ def time_forward_backward(model_id: str, device: str, faces) -> float:
 def lfw_auc(model_id: str, device: str, faces) -> float:
     recognizer = load_recognizer(model_id, device)
     with torch.no_grad():
-        embeddings = torch.cat([recognizer.embed(x.to(device), l.to(device)).cpu() for x, l in faces.batches(32)])
+        embeddings = torch.cat([recognizer.embed(x.to(device), marks.to(device)).cpu()
+                                for x, marks in faces.batches(32)])
     return verification_auc(embeddings, faces.identities, PAIRS_PER_LABEL, seed=0)[0]
 
 

@@ -104,8 +104,8 @@ def main() -> None:
     lines = [f"| design | strength | face ΔE2000 p95 | face SSIM | {HELD_OUT} rank-1 as uploaded | "
              f"after {TRANSFORM} |", "|---|---|---|---|---|---|"]
     for p in points:
-        lines.append(f"| {p['design']} | {p['knob']} {p['value']:.4g} | {p['delta_e_p95']:.2f} | {p['face_ssim']:.3f} | "
-                     f"{100 * p['rank1_as_uploaded']:.0f} % | {100 * p['rank1']:.0f} % |")
+        lines.append(f"| {p['design']} | {p['knob']} {p['value']:.4g} | {p['delta_e_p95']:.2f} | "
+                     f"{p['face_ssim']:.3f} | {100 * p['rank1_as_uploaded']:.0f} % | {100 * p['rank1']:.0f} % |")
     table = "\n".join(lines)
     (out / "visibility-curves.md").write_text(table + "\n")
     plot(points, out / "visibility-curves.png", args.preset, args.subjects)

@@ -62,6 +62,15 @@ step "LowKey and its packages"
 "${PIP[@]}" -e ".[test]"
 "${PIP[@]}" --no-deps "$FACENET_SPEC"
 
+step "the extension's linters (ESLint, web-ext) in tools/lint"
+# ruff came with the test extra above; these are run by tests/test_lint.py. Reinstalled only when
+# package-lock.json changed since the last install (npm writes node_modules/.package-lock.json last).
+if [ tools/lint/node_modules/.package-lock.json -nt tools/lint/package-lock.json ]; then
+    echo "already installed"
+else
+    npm ci --prefix tools/lint --no-audit --no-fund --loglevel=error
+fi
+
 step "model files"
 if [ -z "${LOWKEY_WEIGHTS_MIRROR:-}" ] && [ -d ../shared/weights ]; then
     LOWKEY_WEIGHTS_MIRROR="$(cd ../shared/weights && pwd)"

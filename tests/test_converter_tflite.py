@@ -131,7 +131,9 @@ class TinyTfliteWriter:
 
     def build(self, inputs: list[int], outputs: list[int]) -> bytes:
         b = flatbuffers.Builder(1024)
-        int_vector = lambda values: b.CreateNumpyVector(np.asarray(values, dtype=np.int32))
+
+        def int_vector(values):
+            return b.CreateNumpyVector(np.asarray(values, dtype=np.int32))
 
         def table_vector(start, offsets):
             start(b, len(offsets))
@@ -229,7 +231,10 @@ def tiny_model():
     depth = CONV_OUT * MULTIPLIER
     flat = OUT_HW[0] * OUT_HW[1] * depth
     t = TinyTfliteWriter()
-    act = lambda name, c: t.tensor(name, [FIXED_BATCH, *OUT_HW, c])
+
+    def act(name, c):
+        return t.tensor(name, [FIXED_BATCH, *OUT_HW, c])
+
     x = t.tensor("input", [FIXED_BATCH, *IN_HW, CHANNELS])
     conv_out, dw_out = act("conv", CONV_OUT), act("dw", depth)
     relu, absolute, diff, scaled, prelu = (act(n, depth) for n in ("relu", "abs", "sub", "mul", "add"))

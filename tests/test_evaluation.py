@@ -305,7 +305,8 @@ def test_protect_limit_keeps_the_other_identities_as_clean_distractors(tmp_path)
     assert row["rank1_protected"] == 0.0 and row["rank5_protected"] == 1.0
     assert row["gallery_undetected_protected"] == 0.0
     assert results["quality"]["fast"]["photos"] == 2
-    assert "those of the first 2 identities protected" in write_report(results, tmp_path / "out")["markdown"].read_text()
+    report = write_report(results, tmp_path / "out")["markdown"].read_text()
+    assert "those of the first 2 identities protected" in report
 
 
 # --- end to end, real models ----------------------------------------------------------------------

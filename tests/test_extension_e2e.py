@@ -401,7 +401,8 @@ def test_frames_match_the_daemon_protocol(extension):
     try:
         ours = options.evaluate("""async () => {
             const { encodeFrame } = await import('/shared/protocol.js');
-            return Array.from(encodeFrame({ type: 'protect', id: 'é1', filename: 'ß.jpg' }, new Uint8Array([0, 1, 255])));
+            return Array.from(encodeFrame({ type: 'protect', id: 'é1', filename: 'ß.jpg' },
+                                          new Uint8Array([0, 1, 255])));
         }""")
         header, payload = decode_frame(bytes(ours), max_header_bytes=1024)
         assert header == {"type": "protect", "id": "é1", "filename": "ß.jpg"} and payload == b"\x00\x01\xff"
@@ -649,7 +650,8 @@ def test_popup_shows_the_daemon_and_the_last_results(extension, site):
     popup = extension.extension_page("popup/popup.html", width=360, height=620)
     options = extension.extension_page("options/options.html", width=900, height=640)
     try:
-        expect(popup.locator("#daemon-status")).to_have_text(re.compile(r"Connected — daemon \S+, protocol v1, running on \S+"))
+        expect(popup.locator("#daemon-status")).to_have_text(
+            re.compile(r"Connected — daemon \S+, protocol v1, running on \S+"))
         expect(popup.locator("#site-name")).to_have_text(SITE_HOST)
         expect(popup.locator("#site-enabled")).to_be_checked()
         expect(popup.locator("#preset")).to_have_value("fast")

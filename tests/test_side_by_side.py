@@ -11,7 +11,8 @@ from PIL import Image
 from lowkey_engine.cli import main as lowkey
 from lowkey_engine.images.decode import decode_image
 from lowkey_engine.settings import ProtectSettings
-from lowkey_engine.evaluation.side_by_side import FACE_CELL, PAIR_GAP, compare, face_crop, write_blind_pairs, write_sheet
+from lowkey_engine.evaluation.side_by_side import (FACE_CELL, PAIR_GAP, compare, face_crop, write_blind_pairs,
+                                                   write_sheet)
 
 CHEAP = ProtectSettings.from_preset("fast", steps=2, device="cpu")
 

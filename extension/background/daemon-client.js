@@ -38,7 +38,7 @@ const BUSY_RETRY_MS = 1000;
 /** Photos in flight at once when the daemon names no limit. */
 const FALLBACK_JOB_LIMIT = 4;
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 export class DaemonClient {
   #loadSettings;

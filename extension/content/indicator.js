@@ -1,6 +1,7 @@
 // The small in-page indicator: "Protecting 2 photos — 40 %", then what came of it. Lives in a
 // closed shadow root (the page can neither read nor restyle it) and acts on trusted clicks only.
 // Content script (classic): defines UploadIndicator for protection.js.
+/* exported UploadIndicator */
 
 const INDICATOR_STYLE = `
   .panel { display: flex; gap: 10px; align-items: flex-start; box-sizing: border-box;
@@ -21,10 +22,6 @@ const INDICATOR_STYLE = `
   button.close { border: none; padding: 0 2px; font-size: 16px; line-height: 1; opacity: 0.7; }
   [hidden] { display: none !important; }
 `;
-
-const SHIELD_ICON = `<svg viewBox="0 0 24 24" aria-hidden="true"><path fill="#7cc4ff"
-  d="M12 2 4 5v6c0 5 3.4 9.4 8 11 4.6-1.6 8-6 8-11V5l-8-3Zm0 5a3 3 0 1 1 0 6 3 3 0 0 1 0-6Zm0 13
-  c-2-.8-3.7-2.3-4.6-4.2C8.6 14.6 10.2 14 12 14s3.4.6 4.6 1.8c-.9 1.9-2.6 3.4-4.6 4.2Z"/></svg>`;
 
 /** How long a "done" message stays before the indicator hides itself. */
 const DONE_VISIBLE_MS = 8000;
@@ -120,11 +117,15 @@ class UploadIndicator {
     if (!this.#host) {
       this.#host = document.createElement("lowkey-indicator");
       const root = this.#host.attachShadow({ mode: "closed" });
-      root.innerHTML = `<style>${INDICATOR_STYLE}</style>
-        <div class="panel" role="status" aria-live="polite">${SHIELD_ICON}
+      // A literal without substitutions: the one thing set as HTML, so nothing the page controls gets in.
+      root.innerHTML = `<div class="panel" role="status" aria-live="polite"><svg viewBox="0 0 24 24"
+          aria-hidden="true"><path fill="#7cc4ff"
+          d="M12 2 4 5v6c0 5 3.4 9.4 8 11 4.6-1.6 8-6 8-11V5l-8-3Zm0 5a3 3 0 1 1 0 6 3 3 0 0 1 0-6Zm0 13
+          c-2-.8-3.7-2.3-4.6-4.2C8.6 14.6 10.2 14 12 14s3.4.6 4.6 1.8c-.9 1.9-2.6 3.4-4.6 4.2Z"/></svg>
           <div class="body"><div class="message"></div><div class="bar"><div class="fill"></div></div>
             <div class="actions"></div></div>
           <button class="close" aria-label="Close" title="Close">×</button></div>`;
+      root.prepend(Object.assign(document.createElement("style"), { textContent: INDICATOR_STYLE }));
       this.#parts = Object.fromEntries(["panel", "message", "bar", "fill", "actions", "close"]
         .map((name) => [name, root.querySelector(`.${name}`)]));
       this.#parts.close.addEventListener("click", (event) => {

@@ -4,6 +4,7 @@
 // while protection runs. The page never sees the originals: an input is emptied at once, and a
 // drop or paste event never reaches it; it gets new events carrying the protected files.
 // Content script (classic), registered at document_start in every frame of the person's sites.
+/* global needsProtection, protectSelection */
 
 /** Event page-world.js dispatches on document, relatedTarget = a file input that is not attached. */
 const DETACHED_INPUT_EVENT = "lowkey:detached-file-input";

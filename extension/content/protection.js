@@ -1,6 +1,8 @@
 // Hands the files of one upload to the service worker, shows progress, and applies the failure
 // policy. Content script (classic): defines protectSelection and needsProtection for
 // interception.js, and keeps the files LowKey produced so they are never protected twice.
+/* global LowKeyBridge, UploadIndicator */
+/* exported needsProtection, protectSelection */
 
 const indicator = new UploadIndicator();
 /** Files LowKey handed to the page (protected copies, originals the person chose to send). */

@@ -86,7 +86,7 @@ async function main() {
     await updateSettings((current) => ({ sites: [...current.sites, { host: site, enabled: true }] }));
     const granted = await chrome.permissions.request({ origins: matchPatterns(site) });
     if (!granted) await updateSettings((current) => ({ sites: current.sites.filter((entry) => entry.host !== site) }));
-    await chrome.runtime.sendMessage({ type: LowKeyBridge.Message.SITES_CHANGED });
+    await chrome.runtime.sendMessage({ type: globalThis.LowKeyBridge.Message.SITES_CHANGED });
   });
   element("preset").addEventListener("change", (event) => updateSettings({ preset: event.target.value }));
   element("open-options").addEventListener("click", (event) => {

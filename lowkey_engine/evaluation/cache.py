@@ -83,7 +83,8 @@ class ProtectCache:
         if protect_fn is None:
             from ..protect import protect as protect_fn
         result = protect_fn(data, settings, progress)
-        entry = CachedProtection(result.data, result.format, tuple(tuple(float(v) for v in f.box) for f in result.faces),
+        boxes = tuple(tuple(float(v) for v in f.box) for f in result.faces)
+        entry = CachedProtection(result.data, result.format, boxes,
                                  float(result.seconds), result.photo_psnr)
         if self.folder is not None:
             blob_path, meta_path = self._paths(key)

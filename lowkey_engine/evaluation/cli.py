@@ -65,7 +65,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     attacked.add_argument("--leave-one-out", nargs="+", metavar="RECOGNIZER",
                           help="one run per recognizer given, attacking all the others: each is held out once")
     parser.add_argument("--real-dlib", action="store_true",
-                        help="also the real dlib pipeline (HOG detector, own alignment and model): needs the eval extra")
+                        help="also the real dlib pipeline (HOG detector, own alignment and model): "
+                             "needs the eval extra")
     parser.add_argument("--transforms", nargs="+", default=list(DEFAULT_TRANSFORMS),
                         help="upload transforms: none, jpegQ, half, maxN, scaleF, joined by '+' "
                              f"(default: {' '.join(DEFAULT_TRANSFORMS)})")
@@ -89,8 +90,9 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lowkey eval: {exc}", file=sys.stderr)
         return 2
-    config = EvalConfig(root=args.folder, ensembles=ensembles, presets=tuple(args.presets or ["fast"]), overrides=dict(args.overrides),
-                        gallery=args.gallery, limit=args.limit, protect_limit=args.protect_limit, max_per_identity=args.max_per_identity,
+    config = EvalConfig(root=args.folder, ensembles=ensembles, presets=tuple(args.presets or ["fast"]),
+                        overrides=dict(args.overrides), gallery=args.gallery, limit=args.limit,
+                        protect_limit=args.protect_limit, max_per_identity=args.max_per_identity,
                         seed=args.seed, recognizers=tuple(args.recognizers), real_dlib=args.real_dlib,
                         transforms=tuple(args.transforms), ranks=tuple(args.ranks), device=args.device,
                         cache_dir=cache_dir, lpips=not args.no_lpips)

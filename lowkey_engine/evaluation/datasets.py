@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 
@@ -54,8 +58,8 @@ def most_central(faces: list, width: int, height: int):
 class SubjectFaces:
     """Same-size photos of known identities with the landmarks of each photo's subject."""
 
-    images: "torch.Tensor"        # (N, 3, H, W) uint8 RGB
-    landmarks: "torch.Tensor"     # (N, 5, 2) continuous pixel coordinates
+    images: torch.Tensor          # (N, 3, H, W) uint8 RGB
+    landmarks: torch.Tensor       # (N, 5, 2) continuous pixel coordinates
     identities: list[str]
     missed: int                   # photos where no face was found (left out)
 

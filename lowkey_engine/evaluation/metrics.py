@@ -84,7 +84,8 @@ def identity_ranks(scores: Tensor, gallery_identities: Sequence[int] | Tensor,
     gallery = torch.as_tensor(gallery_identities, dtype=torch.long)
     probes = torch.as_tensor(probe_identities, dtype=torch.long)
     if scores.shape != (len(probes), len(gallery)):
-        raise ValueError(f"scores {tuple(scores.shape)} do not match {len(probes)} probes x {len(gallery)} gallery photos")
+        raise ValueError(f"scores {tuple(scores.shape)} do not match {len(probes)} probes x "
+                         f"{len(gallery)} gallery photos")
     labels = torch.unique(gallery)
     # best[i, k]: the best score of identity labels[k] for probe i
     best = torch.full((len(probes), len(labels)), float("-inf"), dtype=torch.float64)

@@ -81,7 +81,7 @@ class MtcnnObserver:
         for members in by_size.values():
             indices = [i for i, _ in members]
             images = torch.stack([pixels[i] for i in indices])
-            landmarks = torch.stack([l for _, l in members])
+            landmarks = torch.stack([points for _, points in members])
             for recognizer_id, model in self.models.items():
                 aligned = model.align(images, landmarks)
                 # as its own users compare them: unit vectors by cosine, dlib's raw descriptors by distance

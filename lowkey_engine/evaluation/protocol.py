@@ -319,7 +319,7 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
         probes = torch.stack([v.get(info.id, torch.zeros(dim)) for v in probe_views])[probe_found]
         kept_ids = probe_ids[probe_found]
 
-        def gallery_matrix(views):
+        def gallery_matrix(views, info=info, dim=dim, probes=probes):
             present = torch.tensor([info.id in v for v in views])
             embeddings = torch.stack([v.get(info.id, torch.zeros(dim)) for v in views])
             return similarity_scores(probes, embeddings, present, info.metric), present
@@ -367,7 +367,8 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
             "root": str(config.root), "presets": list(config.presets), "overrides": config.overrides,
             "gallery_per_identity": config.gallery, "limit": config.limit,
             "protect_limit": config.protect_limit, "seed": config.seed,
-            "recognizers": [dataclasses.asdict(i) for i in infos], "transforms": [dataclasses.asdict(t) for t in transforms],
+            "recognizers": [dataclasses.asdict(i) for i in infos],
+            "transforms": [dataclasses.asdict(t) for t in transforms],
             "ensembles": [list(e) for e in config.ensembles],
             "operating_points": {i.id: dataclasses.asdict(point) for i in infos
                                  if (point := operating_point(i.id)) is not None},

@@ -59,7 +59,8 @@ class RealDlibObserver:
         try:
             import dlib
         except ImportError as missing:
-            raise RealDlibUnavailable("the real dlib pipeline needs dlib: pip install dlib-bin==20.0.1.post1") from missing
+            raise RealDlibUnavailable("the real dlib pipeline needs dlib: "
+                                      "pip install dlib-bin==20.0.1.post1") from missing
         folder = model_folder()
         self._files = {name: folder / name for name in (SHAPE_PREDICTOR, DESCRIPTOR_MODEL)}
         self._version = getattr(dlib, "__version__", "?")

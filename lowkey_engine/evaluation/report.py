@@ -67,7 +67,8 @@ def markdown(results: dict[str, Any]) -> str:
         "# lowkey eval",
         "",
         f"Folder `{config['root']}`: {dataset['identities']} identities, {dataset['gallery_photos']} gallery photos "
-        f"({config['gallery_per_identity']} per identity), {_protected_part(dataset)}, {dataset['probes']} clean probes; "
+        f"({config['gallery_per_identity']} per identity), {_protected_part(dataset)}, "
+        f"{dataset['probes']} clean probes; "
         f"seed {config['seed']}; device {config['device']}. Overrides: {config['overrides'] or 'none'}.",
         "",
         "Protocol: for each probe its own identity's gallery is protected and every other identity's gallery is "
@@ -136,8 +137,8 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     low_rank, top_rank = min(results["config"]["ranks"]), max(results["config"]["ranks"])
     series = ["clean"] + presets
     width = 0.8 / max(1, len(series))
-    figure, axes = plt.subplots(len(recognizers), 1, figsize=(max(6, 1.2 * len(transforms) + 2), 2.8 * len(recognizers)),
-                                squeeze=False)
+    size = (max(6, 1.2 * len(transforms) + 2), 2.8 * len(recognizers))
+    figure, axes = plt.subplots(len(recognizers), 1, figsize=size, squeeze=False)
     for axis, recognizer in zip(axes[:, 0], recognizers):
         for s, name in enumerate(series):
             values, top = [], []

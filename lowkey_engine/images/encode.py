@@ -3,7 +3,8 @@
 Format out = format in: JPEG stays JPEG at the quality it came with (read from its quantisation
 tables, kept within JPEG_QUALITY_BOUNDS; DEFAULT_JPEG_QUALITY when unreadable) and with its chroma
 subsampling, so the protected copy is about as large as the photo; PNG stays PNG (alpha kept,
-bit-exact), WebP stays WebP (lossless when the source was, else quality 95). Same pixel size. Orientation is baked into the pixels by decode, so no Orientation tag is written.
+bit-exact), WebP stays WebP (lossless when the source was, else quality 95). Same pixel size.
+Orientation is baked into the pixels by decode, so no Orientation tag is written.
 Metadata written: the ICC colour profile and the DPI (where the format stores one) only; no EXIF,
 XMP, IPTC, comments or text chunks, so GPS positions, camera/lens serial numbers, maker notes,
 thumbnails and user names never reach the output. Greyscale sources come back greyscale when the
