@@ -6,6 +6,7 @@ Five jobs, one subpackage each; each may import only the ones listed before it
 
 | subpackage / module | its job |
 |---|---|
+| `runtime.py`  | how the process uses the CPU: the thread policy the command line and the daemon apply before torch starts |
 | `images/`     | bytes <-> pixels: decode (limits, orientation, colour profiles), encode in the input's format without private metadata, container parsing, the typed image errors |
 | `faces/`      | finding and recognizing faces: MTCNN detection, 5-point alignment, the recognizer zoo, the graph runtime that runs converted model files, where those files live |
 | `settings.py` | every protection knob in one frozen dataclass, and the presets (imports only constants from `images/` and `faces/`) |

@@ -118,7 +118,7 @@ def _protect(args: argparse.Namespace) -> int:
     for photo, base in photos:
         bar = tqdm(total=settings.steps, desc=photo.name, unit="step", leave=False, disable=args.quiet)
 
-        def progress(stage: str, done: int, total: int) -> None:
+        def progress(stage: str, done: int, total: int, bar=bar) -> None:   # this photo's bar, bound now
             if stage == "attack":
                 bar.n = done
                 bar.refresh()
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .runtime import apply_thread_policy
+
+    apply_thread_policy()          # before the command imports torch (runtime.py says why)
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "lowkey_engine"
 
 #: The engine's layers, lowest first: a module may import its own layer and the ones before it.
-LAYERS = ("images", "faces", "settings", "attack", "protect", "evaluation", "cli")
+LAYERS = ("runtime", "images", "faces", "settings", "attack", "protect", "evaluation", "cli")
 #: Top-level packages outside the engine that its library must never import (data flows one way:
 #: the daemon calls the engine). Only the command line fronts the fetch step (`lowkey weights`).
 NOT_FOR_THE_ENGINE = ("lowkey_daemon", "lowkey_weights", "daemon", "weights")
@@ -148,3 +148,37 @@ def test_public_entry_points():
     assert lowkey_engine.ProtectSettings is ProtectSettings
     assert lowkey_engine.load_recognizer is load_recognizer
     assert callable(protect)
+
+
+def test_the_thread_policy_fills_in_only_what_the_user_left_unset():
+    from lowkey_engine.runtime import THREAD_POLICY_ENV, apply_thread_policy
+
+    environ = {}
+    assert apply_thread_policy(environ) == THREAD_POLICY_ENV and environ == THREAD_POLICY_ENV
+    mine = {name: "ACTIVE" for name in THREAD_POLICY_ENV}
+    assert apply_thread_policy(mine) == {} and set(mine.values()) == {"ACTIVE"}
+
+
+def test_the_daemon_and_the_command_line_apply_the_thread_policy_before_torch_starts():
+    import os
+    import subprocess
+    import sys
+
+    from lowkey_engine.runtime import THREAD_POLICY_ENV
+
+    report = "import os, sys; print(int('torch' in sys.modules), [os.environ.get(k) for k in {names}])"
+    names = sorted(THREAD_POLICY_ENV)
+    expected = [THREAD_POLICY_ENV[k] for k in names]
+    environ = {k: v for k, v in os.environ.items() if k not in THREAD_POLICY_ENV}
+    # the daemon: importing its command line sets the policy, and torch comes after
+    daemon = subprocess.run([sys.executable, "-c", "import lowkey_daemon.cli; " + report.format(names=names)],
+                            capture_output=True, text=True, env=environ, check=True)
+    assert daemon.stdout.split(" ", 1) == ["1", f"{expected}\n"]
+    # `lowkey`: importing it loads no torch, and main() sets the policy before a command does
+    cli = subprocess.run([sys.executable, "-c", "import sys; from lowkey_engine.cli import main\n"
+                          "print(int('torch' in sys.modules))\n"
+                          "try:\n    main(['protect', '--help'])\nexcept SystemExit:\n    pass\n"
+                          + report.format(names=names)],
+                         capture_output=True, text=True, env=environ, check=True)
+    lines = cli.stdout.splitlines()
+    assert lines[0] == "0" and lines[-1].split(" ", 1)[1] == f"{expected}"
