@@ -58,6 +58,11 @@ def similarity_transform(src: Tensor, dst: Tensor) -> Tensor:
     return torch.cat([linear, translation], dim=-1).to(torch.float32)
 
 
+def source_pixels_per_output_pixel(matrices: Tensor) -> Tensor:
+    """(N,) how many source pixels one output pixel spans, for similarity transforms (N, 2, 3)."""
+    return 1.0 / torch.linalg.det(matrices[:, :, :2].double()).abs().sqrt().float()
+
+
 def warp_faces(images: Tensor, matrices: Tensor, size: int | tuple[int, int]) -> Tensor:
     """Sample aligned faces from images.
 
@@ -66,7 +71,16 @@ def warp_faces(images: Tensor, matrices: Tensor, size: int | tuple[int, int]) ->
               as returned by `similarity_transform(landmarks, template)`.
     size:     output side (square) or (height, width).
     Returns (N, C, h, w), bilinear, zeros outside the source. Differentiable in `images`.
+
+    Where the face is at least twice as large in the source as in the output, the source is first
+    averaged over k x k blocks (k = that ratio, rounded down, the smallest of the batch): bilinear
+    sampling alone would read 4 of every k^2 pixels, aliasing the face and passing gradients to
+    only those pixels.
     """
+    factor = int(source_pixels_per_output_pixel(matrices).min()) if len(matrices) else 1
+    if factor >= 2:
+        images = F.avg_pool2d(images, factor, ceil_mode=True)
+        matrices = torch.cat([matrices[:, :, :2] * factor, matrices[:, :, 2:]], dim=-1)
     out_h, out_w = (size, size) if isinstance(size, int) else size
     n, _, in_h, in_w = images.shape
     matrices = matrices.to(images.dtype)
