@@ -283,6 +283,15 @@ def test_leave_one_out_runs_every_ensemble_and_reports_the_others_as_held_out():
     assert role_of("mfn-expo", runs["fast [mfn-expo]"]) == "attacked"
 
 
+def test_every_fetched_recognizer_has_an_operating_point_in_its_own_comparison():
+    from lowkey_engine.faces.recognizers import SPECS
+    from lowkey_weights.manifest import load_manifest
+
+    fetched_by_default = {e.id for e in load_manifest().values() if e.default and e.role == "recognizer"}
+    for model_id in fetched_by_default:
+        assert OPERATING_POINTS[model_id].metric == SPECS[model_id].comparison, model_id
+
+
 def test_operating_points_decide_on_cosine_or_distance():
     cosine = OperatingPoint("cosine", 0.5, "test")
     assert cosine.matches(torch.tensor([0.49, 0.5, float("-inf")])).tolist() == [False, True, False]
