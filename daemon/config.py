@@ -94,6 +94,10 @@ class Limits:
     max_queued_megabytes: int = 1024
     #: How long a new connection has to send its hello, seconds.
     hello_timeout_seconds: float = 10.0
+    #: How long an authenticated connection may go without sending a message while it has no job
+    #: queued or running, seconds; then the daemon closes it (4408). A running job is never cut
+    #: off: the time counts from the later of the last message and the last job's answer.
+    idle_timeout_seconds: float = 600.0
     #: Result cache size (protected image bytes kept), MiB; 0 turns the cache off.
     cache_megabytes: int = 256
 
@@ -110,11 +114,12 @@ class Limits:
     def cache_bytes(self) -> int:
         return self.cache_megabytes * _MEBIBYTE
 
-    def for_clients(self) -> dict[str, int]:
+    def for_clients(self) -> dict[str, int | float]:
         """The limits a client needs to know (sent in `welcome`)."""
         return {"max_image_bytes": self.max_image_bytes, "max_pixels": self.max_pixels,
                 "max_header_bytes": self.max_header_bytes,
-                "max_jobs_per_connection": self.max_jobs_per_connection}
+                "max_jobs_per_connection": self.max_jobs_per_connection,
+                "idle_timeout_seconds": self.idle_timeout_seconds}
 
 
 @dataclass(frozen=True)

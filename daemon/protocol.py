@@ -54,6 +54,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001        # the daemon is shutting down
     MESSAGE_TOO_BIG = 1009   # a frame above the frame limit (sent by aiohttp itself)
     UNAUTHORIZED = 4401      # the first message was not a hello with the right token
+    IDLE = 4408              # no message for idle_timeout_seconds and no job in flight
 
 
 class ProtocolError(Exception):
@@ -97,7 +98,10 @@ def decode_frame(frame: bytes, max_header_bytes: int) -> tuple[dict[str, Any], b
         header = json.loads(frame[HEADER_LENGTH_BYTES:end].decode("utf-8"),
                             parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header is not UTF-8 JSON: {_one_line(error)}")
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"header is not UTF-8 JSON: {_one_line(error)}") from None
+    except RecursionError:   # e.g. [[[[...]]]]: json nests one C call per level
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "header is not a JSON object")
     return header, frame[end:]
@@ -142,7 +146,7 @@ def parse_client_message(header: dict[str, Any], payload: bytes) -> ClientMessag
     """The typed message a decoded frame carries; ProtocolError(BAD_REQUEST) when a field is
     missing or of the wrong type, or the type is unknown."""
     kind = header.get("type")
-    job_id = header.get("id") if isinstance(header.get("id"), str) else None
+    job_id = _echoable_id(header.get("id"))
     if kind == "hello":
         _no_payload(payload, kind)
         return Hello(token=_string(header, "token", MAX_TOKEN_CHARS),
@@ -173,6 +177,24 @@ def parse_client_message(header: dict[str, Any], payload: bytes) -> ClientMessag
 _MISSING = object()
 
 
+def _echoable_id(value: Any) -> str | None:
+    """`value` when it is a valid job id, which an `error` may name; else None (an error never
+    echoes an id the daemon would refuse: empty, too long, or not writable as UTF-8)."""
+    if isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS and _is_utf8(value):
+        return value
+    return None
+
+
+def _is_utf8(value: str) -> bool:
+    """False when `value` holds a lone UTF-16 surrogate: JSON can carry one ("\\ud800"), but it
+    cannot be written back as UTF-8, so the daemon could not echo it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _string(header: dict[str, Any], name: str, max_chars: int, *, min_chars: int = 0,
             default: Any = _MISSING) -> Any:
     value = header.get(name, _MISSING)
@@ -185,6 +207,8 @@ def _string(header: dict[str, Any], name: str, max_chars: int, *, min_chars: int
     if not min_chars <= len(value) <= max_chars:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             f"'{name}' must be {min_chars} to {max_chars} characters long")
+    if not _is_utf8(value):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{name}' holds a lone UTF-16 surrogate")
     return value
 
 

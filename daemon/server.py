@@ -3,6 +3,8 @@
 Request checks, in order: Host (every route), Origin (WebSocket), then the pairing token in the
 first message. One `Connection` per socket reads frames, hands photos to the `JobScheduler`, and
 writes everything the daemon says through one writer task (so frames never interleave).
+Two timeouts close sockets nobody uses: no hello within `hello_timeout_seconds` (4401), and, once
+authenticated, no message within `idle_timeout_seconds` while no job is in flight (4408).
 Logs name no token, image byte, file name or job id.
 """
 
@@ -14,7 +16,7 @@ import logging
 import signal
 from importlib import metadata
 
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import WSMessage, WSMsgType, hdrs, web
 
 from lowkey_engine.protect import Protected
 
@@ -115,6 +117,8 @@ class Connection:
         self._scheduler = scheduler
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
+        #: Event-loop time of the last activity: a message received, or a job answered.
+        self._active_at = 0.0
 
     async def serve(self) -> None:
         self._writer = asyncio.create_task(self._write_all())
@@ -125,15 +129,23 @@ class Connection:
             self.send(protocol.welcome(self._scheduler.devices[0], list(self._config.presets),
                                        self._config.preset, self._config.limits.for_clients(),
                                        daemon_version()))
-            async for message in self._socket:
+            self._mark_active()
+            while (message := await self._receive_until_idle()) is not None:
+                self._mark_active()
                 if message.type is WSMsgType.BINARY:
                     self._handle(message.data)
                 elif message.type is WSMsgType.TEXT:
                     self.send(protocol.error(None, ErrorCode.BAD_REQUEST,
                                              "text frames are not part of the protocol: send binary"))
-                else:   # ERROR: e.g. a frame above max_frame_bytes (aiohttp has closed with 1009)
-                    log.warning("connection error: %s", message.data)
+                elif message.type is WSMsgType.ERROR:   # e.g. a frame above max_frame_bytes
+                    log.warning("connection error: %s", message.data)   # (aiohttp closed: 1009)
                     break
+                else:   # CLOSE, CLOSING, CLOSED: the client or the daemon's shutdown closed it
+                    break
+            else:
+                idle = self._config.limits.idle_timeout_seconds
+                log.info("closing a connection idle for %g s", idle)
+                await self.close(CloseCode.IDLE, f"idle for {idle:g} s".encode())
         finally:
             self._scheduler.forget_owner(self)
             await self.close(CloseCode.GOING_AWAY, b"")
@@ -152,6 +164,25 @@ class Connection:
 
     def send(self, frame: bytes) -> None:
         self._outbox.put_nowait(frame)
+
+    def _mark_active(self) -> None:
+        self._active_at = asyncio.get_running_loop().time()
+
+    async def _receive_until_idle(self) -> WSMessage | None:
+        """The client's next message; None once the connection has been idle for
+        `idle_timeout_seconds`: no message since the last activity and no job queued or running.
+        While a job is in flight the clock does not run (a long job is never cut off)."""
+        idle = self._config.limits.idle_timeout_seconds
+        loop = asyncio.get_running_loop()
+        while True:
+            busy = self._scheduler.jobs_in_flight(self) > 0
+            wait = idle if busy else self._active_at + idle - loop.time()
+            if wait <= 0:
+                return None
+            try:
+                return await self._socket.receive(timeout=wait)
+            except asyncio.TimeoutError:
+                continue   # look again: a job may have ended, resetting the clock
 
     async def _write_all(self) -> None:
         while (frame := await self._outbox.get()) is not None:
@@ -206,6 +237,7 @@ class Connection:
         self.send(protocol.progress(job.id, stage, done, total))
 
     def job_done(self, job: Job, outcome: Protected, cached: bool) -> None:
+        self._mark_active()
         stats = {"seconds": outcome.seconds, "device": outcome.device, "preset": outcome.preset,
                  "format": outcome.format, "width": outcome.width, "height": outcome.height,
                  "photo_psnr": outcome.photo_psnr, "cached": cached,
@@ -215,6 +247,7 @@ class Connection:
                                   outcome.data))
 
     def job_failed(self, job: Job, code: ErrorCode, message: str) -> None:
+        self._mark_active()
         self.send(protocol.error(job.id, code, message))
 
 

@@ -90,6 +90,18 @@ def test_bad_files_are_refused_with_a_reason(tmp_path, text, fragment):
         load_config(write(tmp_path / "d.toml", text), environ={})
 
 
+def test_idle_timeout_is_a_limit_like_the_others(tmp_path):
+    assert DaemonConfig().limits.idle_timeout_seconds == 600.0
+    path = write(tmp_path / "d.toml", "[limits]\nidle_timeout_seconds = 90\n")
+    assert load_config(path, environ={}).limits.idle_timeout_seconds == 90.0
+    from_env = load_config(path, environ={"LOWKEY_IDLE_TIMEOUT_SECONDS": "2.5"})
+    assert from_env.limits.idle_timeout_seconds == 2.5
+    from_flag = load_config(path, environ={}, overrides={"idle_timeout_seconds": "7"})
+    assert from_flag.limits.idle_timeout_seconds == 7.0
+    with pytest.raises(ConfigError, match="idle_timeout_seconds must be positive"):
+        load_config(write(tmp_path / "zero.toml", "[limits]\nidle_timeout_seconds = 0\n"), environ={})
+
+
 def test_bad_environment_value_and_missing_named_file(tmp_path):
     with pytest.raises(ConfigError, match="port='x' is not a valid int"):
         load_config(environ={config.CONFIG_DIR_ENV: str(tmp_path), "LOWKEY_PORT": "x"})

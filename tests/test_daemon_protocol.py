@@ -96,3 +96,36 @@ def test_daemon_messages_are_strict_json_even_with_nan_stats():
 def test_every_error_code_is_the_documented_set():
     assert {c.value for c in ErrorCode} == {"unauthorized", "bad_request", "bad_image", "too_large",
                                             "busy", "cancelled", "internal"}
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+
+def test_deeply_nested_header_is_a_bad_request_not_a_recursion_error():
+    body = b"[" * 5000 + b"]" * 5000          # within the default 16 KiB header limit
+    with pytest.raises(ProtocolError) as raised:
+        protocol.decode_frame(struct.pack(">I", len(body)) + body, 16 * 1024)
+    assert raised.value.code is ErrorCode.BAD_REQUEST and "nested too deeply" in raised.value.message
+
+
+@pytest.mark.parametrize("header, payload", [
+    ({"type": "protect", "id": "\ud800"}, b"img"),               # what JSON "\ud800" decodes to
+    ({"type": "protect", "id": "ok", "filename": "a\udfff.jpg"}, b"img"),
+    ({"type": "cancel", "id": "x\udbff"}, b""),
+    ({"type": "hello", "token": "\ud83d"}, b""),
+])
+def test_lone_surrogates_are_refused_and_the_refusal_can_be_sent(header, payload):
+    with pytest.raises(ProtocolError) as raised:
+        protocol.parse_client_message(header, payload)
+    refused = raised.value
+    assert refused.code is ErrorCode.BAD_REQUEST and "surrogate" in refused.message
+    answer, _ = protocol.decode_frame(protocol.error(refused.job_id, refused.code, refused.message),
+                                      MAX_HEADER)
+    assert answer["id"] == (header["id"] if header.get("id") == "ok" else None)
+
+
+@pytest.mark.parametrize("bad_id", ["", "x" * (protocol.MAX_ID_CHARS + 1), "\udc00"])
+def test_an_error_never_echoes_an_id_the_daemon_would_refuse(bad_id):
+    with pytest.raises(ProtocolError) as raised:
+        protocol.parse_client_message({"type": "subscribe", "id": bad_id}, b"")
+    assert raised.value.job_id is None
+    protocol.error(raised.value.job_id, raised.value.code, raised.value.message)    # encodes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +29,7 @@ from lowkey_daemon.server import SCHEDULER, build_app
 from lowkey_engine.images.decode import decode_image
 from lowkey_engine.faces.detect import load_detector
 from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, load_recognizer
+from lowkey_engine.protect import Protected
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(600)]
 
@@ -516,3 +518,62 @@ async def test_shutdown_answers_queued_and_running_jobs(aiohttp_server, aiohttp_
     assert {job_id: h["code"] for job_id, h in answers.items()} == {
         "running": "busy", "queued-1": "busy", "queued-2": "busy"}
     assert all("shutting down" in h["message"] for h in answers.values())
+
+
+# --------------------------------------------------------------------------- idle timeout
+
+#: Idle timeout for these tests, seconds: small, but many times an event-loop turn.
+IDLE_SECONDS = 0.3
+
+
+def resting_engine(seconds: float):
+    """An engine that works `seconds` without reporting progress (so nothing the daemon sends can
+    count as activity), then returns the payload as a 2x2 PNG with no faces."""
+    def engine(payload, settings, progress):
+        time.sleep(seconds)
+        return Protected(payload, "image/png", "PNG", 2, 2, (), seconds, "cpu", settings.preset)
+    return lambda config: JobScheduler(config, protect_function=engine, warm=False)
+
+
+async def closed_after(wire: Wire) -> float:
+    """Seconds until the daemon closes the socket (messages before that are read and kept)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while await wire.receive() is not None:
+        pass
+    return loop.time() - started
+
+
+async def test_idle_authenticated_socket_is_closed(start_daemon, token_file):
+    client = await start_daemon(resting_engine(0), idle_timeout_seconds=IDLE_SECONDS)
+    wire, welcome = await connect(client, token_file.read_text().strip())
+    assert welcome["limits"]["idle_timeout_seconds"] == IDLE_SECONDS
+    assert await closed_after(wire) >= IDLE_SECONDS * 0.9     # loop clocks may round a little
+    assert wire.ws.close_code == CloseCode.IDLE == 4408
+    assert client.app[SCHEDULER].counters.dropped == 0
+
+
+async def test_a_running_job_is_not_cut_off_by_the_idle_timeout(start_daemon, token_file):
+    job_seconds = 5 * IDLE_SECONDS
+    client = await start_daemon(resting_engine(job_seconds), idle_timeout_seconds=IDLE_SECONDS)
+    wire = await paired(client, token_file)
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    await wire.protect("long", b"photo bytes", preset="routing")
+    header, payload = await wire.answer("long")              # the socket stays open meanwhile
+    assert header["type"] == "result" and payload == b"photo bytes"
+    assert loop.time() - sent >= job_seconds
+    assert wire.progress["long"] == [("queued", 0)]           # nothing else was sent meanwhile
+    assert await closed_after(wire) >= IDLE_SECONDS * 0.9    # the clock starts at the answer
+    assert wire.ws.close_code == CloseCode.IDLE
+
+
+async def test_client_messages_reset_the_idle_clock(start_daemon, token_file):
+    client = await start_daemon(resting_engine(0), idle_timeout_seconds=IDLE_SECONDS)
+    wire = await paired(client, token_file)
+    for _ in range(10):                      # 10 x a third of the timeout: three timeouts' worth
+        await asyncio.sleep(IDLE_SECONDS / 3)
+        await wire.send({"type": "cancel", "id": "nothing-in-flight"})     # answered by nothing
+    assert not wire.ws.closed
+    assert await closed_after(wire) >= IDLE_SECONDS * 0.9
+    assert wire.ws.close_code == CloseCode.IDLE
