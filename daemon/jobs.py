@@ -261,6 +261,10 @@ class JobScheduler:
     def running(self) -> int:
         return self._running
 
+    def jobs_in_flight(self, owner: JobOwner) -> int:
+        """The owner's jobs queued or running (not yet answered)."""
+        return len(self._active.get(owner, ()))
+
     def submit(self, owner: JobOwner, job_id: str, filename: str, payload: bytes,
                preset: str) -> Job:
         """Queue a photo (or answer it from the cache at once). Raises ProtocolError when it is
@@ -330,7 +334,7 @@ class JobScheduler:
             self.counters.cache_hits += cached
             log.info("job done: preset=%s faces=%d seconds=%.2f cached=%s",
                      job.settings.preset, outcome.face_count, outcome.seconds, cached)
-            job.owner.job_done(job, outcome, cached)
+            self._answer(job.owner.job_done, job, outcome, cached)
 
     def _fail(self, job: Job, code: ErrorCode, message: str) -> None:
         if self._take(job):
@@ -339,7 +343,16 @@ class JobScheduler:
             else:
                 self.counters.failed += 1
             log.info("job failed: preset=%s code=%s", job.settings.preset, code)
-            job.owner.job_failed(job, code, message)
+            self._answer(job.owner.job_failed, job, code, message)
+
+    @staticmethod
+    def _answer(callback: Callable[..., None], job: Job, *outcome) -> None:
+        """Hand a job's answer to its owner. An owner that fails to take it loses that answer
+        (logged); the worker, which serves every connection, carries on."""
+        try:
+            callback(job, *outcome)
+        except Exception:
+            log.exception("answering job %r failed; the worker goes on", job.id)
 
     def _report(self, job: Job, stage: str, done: int, total: int) -> None:
         if job.state is JobState.RUNNING:

@@ -166,3 +166,23 @@ async def test_close_answers_queued_and_running_jobs_busy(scheduler):
     with pytest.raises(ProtocolError) as refused:
         scheduler.submit(a, "a3", "", b"finish", "fast")
     assert refused.value.code is ErrorCode.BUSY
+
+
+class BrokenOwner(Owner):
+    """An owner whose answer cannot be delivered (its handler raises)."""
+
+    def job_done(self, job, result, cached):
+        super().job_done(job, result, cached)
+        raise RuntimeError("cannot send")
+
+
+@pytest.mark.asyncio
+async def test_an_owner_that_fails_to_take_its_answer_does_not_stop_the_worker(scheduler):
+    broken, healthy = BrokenOwner("broken"), Owner("healthy")
+    scheduler.submit(broken, "b1", "", b"finish b1", "fast")
+    scheduler.engine.step.release(1)
+    await asyncio.wait_for(broken.answered.wait(), 10)
+    scheduler.submit(healthy, "h1", "", b"finish h1", "fast")
+    scheduler.engine.step.release(1)
+    await asyncio.wait_for(healthy.answered.wait(), 10)
+    assert healthy.answers() == [("done", "h1", False, b"protected:finish h1")]
