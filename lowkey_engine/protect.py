@@ -106,11 +106,13 @@ class ProtectionEngine:
         with record_function("protect:working crops"):
             boxes = torch.tensor([[float(v) for v in f.box] for f in faces], device=self.device)
             landmarks = torch.stack([torch.as_tensor(f.landmarks, dtype=torch.float32) for f in faces]).to(self.device)
-            working_size = round(settings.working_face_px * settings.crop_margin)
+            largest_face = float((boxes[:, 2:] - boxes[:, :2]).amax())
+            working_face_px = settings.working_face_for(largest_face)
+            working_size = round(working_face_px * settings.crop_margin)
             windows, crops, crop_landmarks, masks = working_crops(
                 pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
                 feather=settings.feather)
-        attack = LowKeyAttack.from_settings(settings, self.recognizers)
+        attack = LowKeyAttack.from_settings(settings, self.recognizers, working_face_px)
         with record_function("protect:attack"):
             change = attack(crops, crop_landmarks, masks, progress=report)
         with record_function("protect:paste"):

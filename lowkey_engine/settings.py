@@ -34,8 +34,8 @@ class ProtectSettings:
     penalty_weight: float = 50.0              # weight of (1 - SSIM) between clean and protected crop
     shading_weight: float = 0.75              # weight of the change's shading energy (8-bit levels^2; its
                                               # blur is perceptual.SHADING_SIGMA_PER_FACE of the working face)
-    blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size
-    blur_sigma: float = 3.0
+    blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size and sigma,
+    blur_sigma: float = 3.0                   # in pixels of a `working_face_px` face (scaled with it)
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
     members_per_step: int | None = None       # members each step attacks, drawn at random; None = all
     member_focus: float | None = None         # None: the members' distances are averaged; a temperature
@@ -50,7 +50,8 @@ class ProtectSettings:
     align_zoom: float = 0.1                   # random zoom of the alignment, +- relative
     align_rotation_deg: float = 6.0           # random rotation of the alignment, +- degrees
     # --- where the perturbation lives
-    working_face_px: int = 128                # face box width in the working crop, pixels
+    working_face_px: int = 128                # face box width in the working crop, pixels: at least this,
+    working_face_max_px: int = 128            # and up to this for larger faces (their own resolution)
     crop_margin: float = 1.8                  # crop side = margin * face box side
     feather: float = 0.15                     # share of the crop side over which the change fades out
     min_face_px: int = 20                     # faces smaller than this (longer box side, photo pixels) are left alone
@@ -62,6 +63,11 @@ class ProtectSettings:
                                               # (images.encode.output_jpeg_quality); else 1-100
     seed: int = 0
     device: str = "auto"                      # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+
+    def working_face_for(self, face_px: float) -> int:
+        """The working crop's face width (pixels) for a face `face_px` photo pixels wide: its own
+        size within [working_face_px, working_face_max_px]."""
+        return int(min(max(round(face_px), self.working_face_px), max(self.working_face_px, self.working_face_max_px)))
 
     @classmethod
     def from_preset(cls, preset: str = "standard", **overrides) -> "ProtectSettings":

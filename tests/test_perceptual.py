@@ -69,3 +69,18 @@ def test_the_attack_blurs_shading_at_the_same_share_of_the_face_as_the_measure()
     for width in (128, 256):
         attack = LowKeyAttack.from_settings(ProtectSettings(working_face_px=width), [object()])
         assert attack.shading_sigma == SHADING_SIGMA_PER_FACE * width
+
+
+def test_large_faces_work_at_their_own_resolution_with_their_knobs_scaled():
+    from lowkey_engine.settings import ProtectSettings
+
+    settings = ProtectSettings(working_face_px=128, working_face_max_px=256)
+    assert [settings.working_face_for(px) for px in (60, 128, 200, 900)] == [128, 128, 200, 256]
+    assert ProtectSettings().working_face_for(900) == 128                 # the default stays put
+    attack = LowKeyAttack.from_settings(settings, [object()], working_face_px=256)
+    assert attack.shading_sigma == SHADING_SIGMA_PER_FACE * 256
+    assert attack.blur_sigma == 2 * settings.blur_sigma and attack.blur_kernel == 13
+    assert attack.shift_px == 2 * settings.shift_px
+    same = LowKeyAttack.from_settings(settings, [object()])
+    assert (same.blur_sigma, same.blur_kernel, same.shift_px) == (settings.blur_sigma, settings.blur_kernel,
+                                                                   settings.shift_px)

@@ -107,9 +107,19 @@ class LowKeyAttack:
                                        self.delta_e_cap)
 
     @classmethod
-    def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer]) -> "LowKeyAttack":
+    def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer],
+                      working_face_px: int | None = None) -> "LowKeyAttack":
+        """The attack `settings` describe, on crops whose faces are `working_face_px` wide
+        (default: settings.working_face_px): the knobs in working pixels (the smoothed branch's
+        blur, the alignment shift, the shading blur) scale with it."""
         knobs = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
-        return cls(recognizers, **knobs, shading_sigma=SHADING_SIGMA_PER_FACE * settings.working_face_px)
+        face_px = working_face_px or settings.working_face_px
+        scale = face_px / settings.working_face_px
+        blur_sigma = settings.blur_sigma * scale
+        blur_kernel = settings.blur_kernel if scale == 1 else 2 * round((settings.blur_kernel // 2) * scale) + 1
+        return cls(recognizers, **{**knobs, "blur_sigma": blur_sigma, "blur_kernel": blur_kernel,
+                                   "shift_px": settings.shift_px * scale},
+                   shading_sigma=SHADING_SIGMA_PER_FACE * face_px)
 
     def step_size_at(self, step: int) -> float:
         """Size of step `step` (0-based), [0, 1] pixel units: `step_size` at the first step,
