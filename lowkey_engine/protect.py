@@ -116,7 +116,7 @@ class ProtectionEngine:
         with record_function("protect:attack"):
             change = attack(crops, crop_landmarks, masks, progress=report)
         with record_function("protect:paste"):
-            protected = apply_changes(pixels, windows, masks * change)
+            protected = apply_changes(pixels, windows, change)
         report("encode", 0, 1)
         with record_function("protect:encode"):
             encoded = encode_image(protected.cpu(), decoded, jpeg_quality=settings.jpeg_output_quality)

@@ -38,6 +38,9 @@ class ProtectSettings:
     blur_sigma: float = 3.0                   # in pixels of a `working_face_px` face (scaled with it)
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
     members_per_step: int | None = None       # members each step attacks, drawn at random; None = all
+    warp_px: float = 0.0                      # a smooth warp of the face beside the additive change: its
+    warp_grid: int = 8                        # largest displacement (pixels of a `working_face_px` face;
+                                              # 0 = none) and control points per crop side (attack/warp.py)
     member_focus: float | None = None         # None: the members' distances are averaged; a temperature
                                               # (squared-distance units, 0-8): their soft minimum, so the
                                               # members that still recognize the face weigh most

@@ -96,7 +96,7 @@ def test_attack_keeps_its_budget_and_the_pixel_range_and_moves_the_embedding(syn
     attack = LowKeyAttack([recognizer], steps=3, step_size=0.01, epsilon=0.02, penalty_weight=0.0)
     change = attack(crops, landmarks, mask)
     assert change.abs().max() <= 0.02 + 1e-6
-    protected = crops + mask * change
+    protected = crops + change
     assert protected.min() >= 0 and protected.max() <= 1
     with torch.no_grad():
         before, after = recognizer.embed(crops, landmarks), recognizer.embed(protected, landmarks)
@@ -165,3 +165,37 @@ def test_member_focus_moves_the_ensemble_distance_from_the_mean_to_the_smallest(
     soft = combine_members(distances, 100.0)
     assert abs(float(soft[0]) - 1.0) < 0.01
     assert 0.4 < float(combine_members(distances, 0.5)[0]) < 1.0
+
+
+def test_a_smooth_warp_moves_pixels_by_at_most_its_limit_and_not_at_the_edge():
+    from lowkey_engine.attack.warp import SmoothWarp
+
+    warp = SmoothWarp(max_px=1.0, grid=4)
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64).contiguous()    # x ramp
+    mask = feather_mask(64, 0.2)[None]
+    field = warp.project(torch.full((1, 2, 4, 4), 5.0))                       # clamped to 1 px
+    assert field.max() == 1.0
+    moved = warp.apply(ramp, field, mask)
+    # a 1-pixel shift of a ramp with a step of 1/63 per pixel, faded out towards the edge
+    shift = (moved - ramp)[0, 0] * 63
+    assert abs(float(shift[32, 32]) - 1.0) < 1e-3 and float(shift.max()) <= 1.0 + 1e-3
+    assert float(shift[:, 0].abs().max()) < 0.01 and float(shift[0].abs().max()) < 0.01
+    torch.testing.assert_close(warp.apply(ramp, warp.zeros(ramp), mask), ramp)
+
+
+def test_an_attack_with_a_warp_keeps_the_pixel_range_and_moves_the_embedding(synthetic_attack_inputs):
+    recognizer, crops, landmarks, mask = synthetic_attack_inputs
+    attack = LowKeyAttack([recognizer], steps=3, step_size=0.004, epsilon=0.004, penalty_weight=0.0,
+                          warp_px=1.0, warp_grid=6)
+    change = attack(crops, landmarks, mask)
+    protected = crops + change
+    assert protected.min() >= 0 and protected.max() <= 1
+    # more than the additive budget alone allows: the warp moved pixels too
+    assert float(change.abs().max()) > 0.004 + 1e-3
+    additive_only = LowKeyAttack([recognizer], steps=3, step_size=0.004, epsilon=0.004, penalty_weight=0.0)
+    plain_change = additive_only(crops, landmarks, mask)
+    with torch.no_grad():
+        clean = recognizer.embed(crops, landmarks)
+        warped = (clean * recognizer.embed(protected, landmarks)).sum(1)
+        plain = (clean * recognizer.embed(crops + plain_change, landmarks)).sum(1)
+    assert (warped < plain).all()

@@ -18,10 +18,11 @@ Beyond the paper, for transfer to recognizers it never saw and robustness to upl
 - `views` random draws of upload pipeline and alignment per step, all in one batch per member
   (sharp and smoothed together), which the CPU runs faster per image than separate passes;
 - `members_per_step` < the ensemble's size: each step attacks a random subset of the members (a
-  stochastic ensemble: the cost of a few members, the diversity of all).
+  stochastic ensemble: the cost of a few members, the diversity of all);
+- `warp_px` > 0: beside the additive change, a smooth sub-pixel warp of the face (warp.py).
 
     attack = LowKeyAttack(recognizers, steps=60)
-    change = attack(crops, landmarks, mask)          # protected = clamp(crops + mask * change)
+    change = attack(crops, landmarks, mask)          # protected = crops + change, in [0, 1]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .perceptual import SHADING_SIGMA_PER_FACE, shading_energy, ssim
 from ..faces.recognizers import Recognizer
 from ..settings import ProtectSettings
 from .transforms import downscale_and_back, gaussian_blur, jpeg_approx
+from .warp import SmoothWarp
 
 #: progress(stage, done, total)
 ProgressCallback = Callable[[str, int, int], None]
@@ -48,6 +50,8 @@ _DEFAULTS = ProtectSettings()
 
 #: Chance that each upload-pipeline transform is applied in a step (expectation over transforms).
 TRANSFORM_PROBABILITY = 0.5
+#: The warp's first step, as a share of `warp_px` (its steps shrink on the additive change's schedule).
+WARP_STEP_SHARE = 0.25
 
 
 def combine_members(distances: Tensor, focus: float | None) -> Tensor:
@@ -91,6 +95,8 @@ class LowKeyAttack:
     views: int = _DEFAULTS.views
     members_per_step: int | None = _DEFAULTS.members_per_step
     member_focus: float | None = _DEFAULTS.member_focus
+    warp_px: float = _DEFAULTS.warp_px
+    warp_grid: int = _DEFAULTS.warp_grid
     seed: int = _DEFAULTS.seed
 
     def __post_init__(self):
@@ -105,6 +111,7 @@ class LowKeyAttack:
         self.recognizers = list(self.recognizers)
         self.budget = PerceptualBudget(self.epsilon, self.colour, self.texture_floor, self.texture_reference,
                                        self.delta_e_cap)
+        self.warp = SmoothWarp(self.warp_px, self.warp_grid)
 
     @classmethod
     def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer],
@@ -118,7 +125,7 @@ class LowKeyAttack:
         blur_sigma = settings.blur_sigma * scale
         blur_kernel = settings.blur_kernel if scale == 1 else 2 * round((settings.blur_kernel // 2) * scale) + 1
         return cls(recognizers, **{**knobs, "blur_sigma": blur_sigma, "blur_kernel": blur_kernel,
-                                   "shift_px": settings.shift_px * scale},
+                                   "shift_px": settings.shift_px * scale, "warp_px": settings.warp_px * scale},
                    shading_sigma=SHADING_SIGMA_PER_FACE * face_px)
 
     def step_size_at(self, step: int) -> float:
@@ -191,25 +198,26 @@ class LowKeyAttack:
 
         crops: (N, 3, S, S) RGB in [0, 1]; landmarks: (N, 5, 2) in crop pixels; mask: (N, 1, S, S)
         in [0, 1], how much of the change reaches each pixel (feathering); None = everywhere.
-        Returns (N, 3, S, S) RGB with crops + mask * change inside [0, 1] and within the budget
-        (|change| <= epsilon, less in flat areas when the budget follows texture, and within the
-        ΔE2000 cap when there is one).
+        Returns (N, 3, S, S) RGB, already faded by `mask`, with crops + change inside [0, 1]: the
+        additive part within the budget (|change| <= epsilon, and within the ΔE2000 cap when
+        there is one), plus the smooth warp's displacement of the face when `warp_px` > 0.
         """
         generator = torch.Generator().manual_seed(self.seed)
         crops = crops.detach()
         mask = torch.ones_like(crops[:, :1]) if mask is None else mask.detach()
-        budget = self.budget
+        budget, warp = self.budget, self.warp
         with torch.no_grad(), record_function("lowkey:clean embeddings"):
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
             limits = budget.limits(crops)
         shape = (crops.shape[0], budget.channels, *crops.shape[-2:])
         start = (torch.rand(shape, generator=generator) * 2 - 1) * self.random_start
         change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits)
-        velocity = torch.zeros_like(change)
+        field = warp.zeros(crops)
+        velocity, field_velocity = torch.zeros_like(change), torch.zeros_like(field)
         for step in range(self.steps):
             change.requires_grad_(True)
-            applied = mask * budget.to_rgb(change)
-            protected = crops + applied
+            field.requires_grad_(warp.enabled)
+            protected, applied = self._protected(crops, change, field, mask)
             members = self._members(generator)
             with record_function("lowkey:upload pipeline and alignment draws"):
                 views = torch.cat([self._upload_pipeline(protected, generator) for _ in range(self.views)])
@@ -221,12 +229,29 @@ class LowKeyAttack:
                     penalty = penalty + self.shading_weight * shading_energy(applied, mask, self.shading_sigma)
             objective = (distance - penalty).sum()
             with record_function("lowkey:backward"):
-                gradient, = torch.autograd.grad(objective, change)
+                gradients = torch.autograd.grad(objective, [change, field] if warp.enabled else [change])
             with torch.no_grad(), record_function("lowkey:step and projection"):
-                # MI-FGSM: accumulate the gradient normalised per face (mean |g| = 1).
-                scale = gradient.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                velocity = self.momentum * velocity + gradient / scale
-                change = budget.project(change + self.step_size_at(step) * velocity.sign(), crops, mask, limits)
+                share = self.step_size_at(step) / self.step_size
+                velocity = self._momentum(velocity, gradients[0])
+                change = budget.project(change + share * self.step_size * velocity.sign(), crops, mask, limits)
+                if warp.enabled:
+                    field_velocity = self._momentum(field_velocity, gradients[1])
+                    field = warp.project(field + share * WARP_STEP_SHARE * self.warp_px * field_velocity.sign())
             if progress:
                 progress("attack", step + 1, self.steps)
-        return budget.to_rgb(change.detach()).contiguous()
+        with torch.no_grad():
+            protected, applied = self._protected(crops, change.detach(), field.detach(), mask)
+        return (protected - crops if warp.enabled else applied).contiguous()
+
+    def _protected(self, crops: Tensor, change: Tensor, field: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The protected crops in [0, 1] (the warped face plus the additive change), and the
+        additive part alone, faded by `mask`."""
+        applied = mask * self.budget.to_rgb(change)
+        if not self.warp.enabled:
+            return crops + applied, applied
+        return (self.warp.apply(crops, field, mask) + applied).clamp(0, 1), applied
+
+    def _momentum(self, velocity: Tensor, gradient: Tensor) -> Tensor:
+        """MI-FGSM: accumulate the gradient normalised per face (mean |g| = 1)."""
+        scale = gradient.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (gradient.dim() - 1)))
+        return self.momentum * velocity + gradient / scale
