@@ -6,9 +6,9 @@ while another CPU-bound program keeps every core busy.
 Each (policy, condition) runs in a fresh process (OpenMP reads its settings once, at start): load
 the engine, protect `photos-group/obama.jpg` once to warm up, then `--photos` times; the median
 seconds per photo is reported. The competitor is one busy-looping process per core, started before
-the measured process and stopped after it. Policies are environment variables given to the
-measured process (they win over lowkey_engine.runtime's defaults, which only fill in what is
-unset). Run by hand on an otherwise idle machine; never part of the test suite.
+the measured process and stopped after it. A policy is the environment of the measured process,
+and for "idle cores" lowkey_engine.runtime.use_idle_cores() before each photo (what `lowkey`
+and the daemon do). Run by hand on an otherwise idle machine; never part of the test suite.
 """
 
 from __future__ import annotations
@@ -24,29 +24,36 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: Environment variable telling the measured process to pick its threads before each photo.
+IDLE_CORES_FLAG = "LOWKEY_BENCH_IDLE_CORES"
 #: name -> environment of the measured process.
 POLICIES = {
-    "torch default threads, OpenMP active wait": {"OMP_WAIT_POLICY": "ACTIVE"},
-    "torch default threads, passive wait": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"},
-    "1 thread, passive wait": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"},
+    "idle cores at each photo (LowKey's default)": {IDLE_CORES_FLAG: "1"},
+    "torch's default (every core)": {},
+    "every core, OpenMP passive wait": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "1 thread": {"OMP_NUM_THREADS": "1"},
 }
 #: what the measured process runs: prints the seconds of each protected photo as JSON.
 MEASURE = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import torch
 from lowkey_engine.protect import protect
+from lowkey_engine.runtime import use_idle_cores
 from lowkey_engine.settings import ProtectSettings
 data = Path(sys.argv[1]).read_bytes()
 settings = ProtectSettings.from_preset(sys.argv[2], device="cpu")
+adaptive = bool(os.environ.get(sys.argv[4]))
 protect(data, settings)                                    # warm-up: models loaded, caches filled
-seconds = []
+seconds, threads = [], []
 for _ in range(int(sys.argv[3])):
-    started = time.perf_counter()
+    started = time.perf_counter()                          # the idle-core sample counts as time
+    if adaptive:
+        use_idle_cores()
     protect(data, settings)
     seconds.append(time.perf_counter() - started)
-print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
+    threads.append(torch.get_num_threads())
+print(json.dumps({"seconds": seconds, "threads": threads}))
 """
 
 
@@ -64,7 +71,7 @@ def measure(env: dict[str, str], photo: Path, preset: str, photos: int, busy: bo
         time.sleep(1.0)
     try:
         run_env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "GOMP_"))}
-        done = subprocess.run([sys.executable, "-c", MEASURE, str(photo), preset, str(photos)],
+        done = subprocess.run([sys.executable, "-c", MEASURE, str(photo), preset, str(photos), IDLE_CORES_FLAG],
                               env={**run_env, **env}, capture_output=True, text=True, check=True)
     finally:
         for process in competitors:

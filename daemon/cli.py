@@ -17,13 +17,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lowkey_engine.runtime import apply_thread_policy
-
-apply_thread_policy()   # before anything below imports torch: OpenMP reads its settings once, at start
-from . import service  # noqa: E402
-from .auth import ensure_token, read_token, write_new_token  # noqa: E402
-from .config import CONFIG_PATH_ENV, ConfigError, DaemonConfig, env_name, load_config, setting_names  # noqa: E402
-from .server import HEALTH_PATH, LOOPBACK_ADDRESS, WEBSOCKET_PATH, run  # noqa: E402
+from . import service
+from .auth import ensure_token, read_token, write_new_token
+from .config import CONFIG_PATH_ENV, ConfigError, DaemonConfig, env_name, load_config, setting_names
+from .server import HEALTH_PATH, LOOPBACK_ADDRESS, WEBSOCKET_PATH, run
 
 #: How long `status` waits for the daemon's health answer, seconds.
 STATUS_TIMEOUT_SECONDS = 3.0

@@ -132,8 +132,8 @@ class DaemonConfig:
     allowed_origins: tuple[str, ...] = DEFAULT_ALLOWED_ORIGINS
     #: Where the pairing token lives; default <user config dir>/pairing-token.
     token_file: Path = field(default_factory=lambda: user_config_dir() / TOKEN_FILE_NAME)
-    #: Torch CPU threads per worker; 0 leaves torch's default (all cores). 1 is much faster when
-    #: the machine's cores are already busy with other work.
+    #: Torch CPU threads per worker; 0 = as many as there are idle cores when each photo starts
+    #: (lowkey_engine.runtime: torch's default of every core collapses on a busy machine).
     torch_threads: int = 0
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
@@ -309,7 +309,7 @@ def _validate(config: DaemonConfig) -> None:
         if "://" not in origin or origin.endswith("/"):
             raise ConfigError(f"allowed origin {origin!r} must look like scheme://host or scheme://*")
     if config.torch_threads < 0:
-        raise ConfigError("torch_threads must be 0 (torch's default) or more")
+        raise ConfigError("torch_threads must be 0 (the idle cores at each photo) or more")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     for name in _LIMIT_FIELDS:

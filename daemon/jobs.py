@@ -28,6 +28,7 @@ import torch
 
 from lowkey_engine.images.errors import ImageError
 from lowkey_engine.protect import Protected, get_engine, protect, resolve_device
+from lowkey_engine.runtime import use_idle_cores
 from lowkey_engine.settings import ProtectSettings
 
 from .config import ConfigError, DaemonConfig
@@ -394,6 +395,8 @@ class JobScheduler:
 
         if job.abort.is_set():
             raise JobAborted
+        if not self.config.torch_threads and device == "cpu":
+            use_idle_cores()
         settings = job.settings.replace(device=device, max_pixels=self.limits.max_pixels,
                                         max_bytes=self.limits.max_image_bytes)
         return self._protect(job.payload, settings, progress)

@@ -105,10 +105,12 @@ def _protect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .images.decode import ImageError
-    from .protect import protect
+    from .protect import protect, resolve_device
+    from .runtime import use_idle_cores
     from .settings import ProtectSettings
 
     settings = ProtectSettings.from_preset(args.preset, device=args.device, seed=args.seed)
+    on_cpu = resolve_device(settings.device).type == "cpu"
     photos = list(_inputs(args.paths))
     if args.output and len(photos) != 1:
         print("lowkey: -o/--output takes exactly one input photo; use --out-dir for several", file=sys.stderr)
@@ -128,6 +130,8 @@ def _protect(args: argparse.Namespace) -> int:
             failures += 1
             continue
         try:
+            if on_cpu:
+                use_idle_cores()                  # runtime.py: a busy machine needs fewer threads
             result = protect(photo, settings, progress)
         except (ImageError, OSError) as exc:
             bar.close()
@@ -253,9 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runtime import apply_thread_policy
-
-    apply_thread_policy()          # before the command imports torch (runtime.py says why)
     args = build_parser().parse_args(argv)
     return args.run(args)
 

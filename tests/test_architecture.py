@@ -150,35 +150,17 @@ def test_public_entry_points():
     assert callable(protect)
 
 
-def test_the_thread_policy_fills_in_only_what_the_user_left_unset():
-    from lowkey_engine.runtime import THREAD_POLICY_ENV, apply_thread_policy
+def test_threads_follow_the_idle_cores_at_least_one_at_most_every_core(monkeypatch, tmp_path):
+    from lowkey_engine import runtime
 
-    environ = {}
-    assert apply_thread_policy(environ) == THREAD_POLICY_ENV and environ == THREAD_POLICY_ENV
-    mine = {name: "ACTIVE" for name in THREAD_POLICY_ENV}
-    assert apply_thread_policy(mine) == {} and set(mine.values()) == {"ACTIVE"}
-
-
-def test_the_daemon_and_the_command_line_apply_the_thread_policy_before_torch_starts():
-    import os
-    import subprocess
-    import sys
-
-    from lowkey_engine.runtime import THREAD_POLICY_ENV
-
-    report = "import os, sys; print(int('torch' in sys.modules), [os.environ.get(k) for k in {names}])"
-    names = sorted(THREAD_POLICY_ENV)
-    expected = [THREAD_POLICY_ENV[k] for k in names]
-    environ = {k: v for k, v in os.environ.items() if k not in THREAD_POLICY_ENV}
-    # the daemon: importing its command line sets the policy, and torch comes after
-    daemon = subprocess.run([sys.executable, "-c", "import lowkey_daemon.cli; " + report.format(names=names)],
-                            capture_output=True, text=True, env=environ, check=True)
-    assert daemon.stdout.split(" ", 1) == ["1", f"{expected}\n"]
-    # `lowkey`: importing it loads no torch, and main() sets the policy before a command does
-    cli = subprocess.run([sys.executable, "-c", "import sys; from lowkey_engine.cli import main\n"
-                          "print(int('torch' in sys.modules))\n"
-                          "try:\n    main(['protect', '--help'])\nexcept SystemExit:\n    pass\n"
-                          + report.format(names=names)],
-                         capture_output=True, text=True, env=environ, check=True)
-    lines = cli.stdout.splitlines()
-    assert lines[0] == "0" and lines[-1].split(" ", 1)[1] == f"{expected}"
+    assert runtime.threads_for_next_photo(idle=0.2, cores=2) == 1
+    assert runtime.threads_for_next_photo(idle=1.7, cores=2) == 2
+    assert runtime.threads_for_next_photo(idle=5.0, cores=4) == 4
+    # /proc/stat's counters: between two reads 450 ticks passed, 350 of them idle or waiting on I/O
+    stat = tmp_path / "stat"
+    reads = iter(["cpu  100 0 100 700 100 0 0 0 0 0\n", "cpu  150 0 150 1000 150 0 0 0 0 0\n"])
+    monkeypatch.setattr(runtime, "PROC_STAT", stat)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runtime.time, "sleep", lambda seconds: stat.write_text(next(reads)))
+    stat.write_text(next(reads))
+    assert runtime.idle_cores() == pytest.approx(4 * 350 / 450)
