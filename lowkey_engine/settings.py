@@ -36,6 +36,8 @@ class ProtectSettings:
                                               # blur is perceptual.SHADING_SIGMA_PER_FACE of the working face)
     blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size and sigma,
     blur_sigma: float = 3.0                   # in pixels of a `working_face_px` face (scaled with it)
+    smooth_every_view: bool = True            # each view also seen smoothed (LowKey); False: each view
+                                              # smoothed at random instead, half the surrogate passes
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
     members_per_step: int | None = None       # members each step attacks, drawn at random; None = all
     warp_px: float = 0.0                      # a smooth warp of the face beside the additive change: its

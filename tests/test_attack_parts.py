@@ -199,3 +199,31 @@ def test_an_attack_with_a_warp_keeps_the_pixel_range_and_moves_the_embedding(syn
         warped = (clean * recognizer.embed(protected, landmarks)).sum(1)
         plain = (clean * recognizer.embed(crops + plain_change, landmarks)).sum(1)
     assert (warped < plain).all()
+
+
+class CountingRecognizer:
+    """A recognizer that records how many faces each embed call gets."""
+
+    def __init__(self, recognizer):
+        self.recognizer, self.batches = recognizer, []
+
+    def embed(self, images, landmarks):
+        self.batches.append(images.shape[0])
+        return self.recognizer.embed(images, landmarks)
+
+
+def test_smoothing_views_at_random_halves_the_surrogate_passes_at_the_same_scale(synthetic_attack_inputs):
+    recognizer, crops, landmarks, mask = synthetic_attack_inputs
+    faces = crops.shape[0]
+    for every_view, per_step in ((True, 2 * 2 * faces), (False, 2 * faces)):
+        counting = CountingRecognizer(recognizer)
+        LowKeyAttack([counting], steps=2, views=2, smooth_every_view=every_view)(crops, landmarks, mask)
+        assert counting.batches == [faces, per_step, per_step]          # clean embeddings, then 2 steps
+    # one unsmoothed view counts twice: the same scale as a view plus its smoothed copy that are alike
+    attack = LowKeyAttack([recognizer], smooth_every_view=False)
+    with torch.no_grad():
+        clean = [recognizer.embed(crops, landmarks)]
+        moved = crops.flip(-1)
+        single = attack._embedding_distance(moved, landmarks, clean, [0])
+        squared = (recognizer.embed(moved, landmarks) - clean[0]).pow(2).sum(1)
+    torch.testing.assert_close(single, 2 * squared)

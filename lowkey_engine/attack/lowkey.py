@@ -95,6 +95,7 @@ class LowKeyAttack:
     views: int = _DEFAULTS.views
     members_per_step: int | None = _DEFAULTS.members_per_step
     member_focus: float | None = _DEFAULTS.member_focus
+    smooth_every_view: bool = _DEFAULTS.smooth_every_view
     warp_px: float = _DEFAULTS.warp_px
     warp_grid: int = _DEFAULTS.warp_grid
     seed: int = _DEFAULTS.seed
@@ -138,6 +139,14 @@ class LowKeyAttack:
     def _uniform(self, generator: torch.Generator, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))
 
+    def _view(self, faces: Tensor, generator: torch.Generator) -> Tensor:
+        """One view of the protected faces: an upload-pipeline draw, and, when the smoothed branch
+        is not run for every view, LowKey's Gaussian smoothing at random."""
+        faces = self._upload_pipeline(faces, generator)
+        if not self.smooth_every_view and float(torch.rand((), generator=generator)) < TRANSFORM_PROBABILITY:
+            faces = gaussian_blur(faces, self.blur_kernel, self.blur_sigma)
+        return faces
+
     def _upload_pipeline(self, faces: Tensor, generator: torch.Generator) -> Tensor:
         """One random draw of what an upload may do: downscale, then JPEG re-encoding."""
         if not self.robust:
@@ -160,18 +169,22 @@ class LowKeyAttack:
                             ) -> Tensor:
         """Per face (N,): the mean over `members` (or their soft minimum, `member_focus`) of the mean
         over the views of the squared distance to the clean embedding, for the view plus for its
-        Gaussian-smoothed copy. views (V*N, 3, S, S)
-        and landmarks (V*N, 5, 2) hold V views of the N faces, view-major."""
+        Gaussian-smoothed copy (`smooth_every_view`; else once per view, doubled to the same
+        scale, the views already smoothed at random). views (V*N, 3, S, S) and landmarks
+        (V*N, 5, 2) hold V views of the N faces, view-major."""
         faces = clean[0].shape[0]
-        with record_function("lowkey:smoothed branch"):
-            both = torch.cat([views, gaussian_blur(views, self.blur_kernel, self.blur_sigma)])
-            both_landmarks = torch.cat([landmarks, landmarks])
+        branches = 2 if self.smooth_every_view else 1
+        if self.smooth_every_view:
+            with record_function("lowkey:smoothed branch"):
+                views = torch.cat([views, gaussian_blur(views, self.blur_kernel, self.blur_sigma)])
+                landmarks = torch.cat([landmarks, landmarks])
         per_member = []
         for index in members:
             with record_function("lowkey:surrogates"):
-                embedded = self.recognizers[index].embed(both, both_landmarks)
+                embedded = self.recognizers[index].embed(views, landmarks)
             squared = (embedded.view(-1, faces, embedded.shape[-1]) - clean[index]).pow(2).sum(-1)
-            per_member.append(squared.view(2, -1, faces).sum(0).mean(0))   # sharp + smoothed, mean over views
+            # sharp + smoothed (or twice the one view), mean over views
+            per_member.append(squared.view(branches, -1, faces).sum(0).mean(0) * (2 / branches))
         return combine_members(torch.stack(per_member), self.member_focus)
 
     def _jitter_landmarks(self, landmarks: Tensor, generator: torch.Generator) -> Tensor:
@@ -220,7 +233,7 @@ class LowKeyAttack:
             protected, applied = self._protected(crops, change, field, mask)
             members = self._members(generator)
             with record_function("lowkey:upload pipeline and alignment draws"):
-                views = torch.cat([self._upload_pipeline(protected, generator) for _ in range(self.views)])
+                views = torch.cat([self._view(protected, generator) for _ in range(self.views)])
                 jittered = torch.cat([self._jitter_landmarks(landmarks, generator) for _ in range(self.views)])
             distance = self._embedding_distance(views, jittered, clean, members)
             with record_function("lowkey:penalties"):
