@@ -19,25 +19,25 @@ class ProtectSettings:
     preset: str = "standard"
     # --- the attack (LowKey: signed-gradient ascent on embedding distance minus a penalty)
     # Defaults are the `standard` preset, tuned on measured curves (README, "Does it work?").
-    steps: int = 60
-    step_size: float = 0.006                  # the first step, [0, 1] pixel units
+    steps: int = 30
+    step_size: float = 0.008                  # the first step, [0, 1] pixel units
     step_decay: float = 0.1                   # the last step's share of step_size; the steps shrink
                                               # along a half cosine in between (1 = constant steps)
     epsilon: float | None = 12 / 255          # L-infinity budget on the change; None = unbounded
     colour: str = "luma"                      # "luma": lightness only, chroma kept; "rgb": channels move freely
     texture_floor: float = 1.0                # budget in flat areas, share of epsilon; 1 = uniform budget
     texture_reference: float = 0.04           # local luma std at which a pixel gets the full epsilon
-    delta_e_cap: float | None = 2.2           # per-pixel CIEDE2000 limit (luma only); None = epsilon alone
+    delta_e_cap: float | None = 2.6           # per-pixel CIEDE2000 limit; None = epsilon alone
     momentum: float = 0.9                     # MI-FGSM decay of the accumulated gradient; 0 = none
     random_start: float = 0.005               # uniform start in [-r, r]
     # The penalties weigh against the distance averaged over the ensemble's members (see attack).
-    penalty_weight: float = 50.0              # weight of (1 - SSIM) between clean and protected crop
+    penalty_weight: float = 55.0              # weight of (1 - SSIM) between clean and protected crop
     shading_weight: float = 0.75              # weight of the change's shading energy (8-bit levels^2; its
                                               # blur is perceptual.SHADING_SIGMA_PER_FACE of the working face)
     blur_kernel: int = 7                      # LowKey's smoothed branch: Gaussian kernel size and sigma,
     blur_sigma: float = 3.0                   # in pixels of a `working_face_px` face (scaled with it)
-    smooth_every_view: bool = True            # each view also seen smoothed (LowKey); False: each view
-                                              # smoothed at random instead, half the surrogate passes
+    smooth_every_view: bool = False           # True: each view also seen smoothed (LowKey's way); False:
+                                              # each view smoothed at random, half the surrogate passes
     ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
     members_per_step: int | None = None       # members each step attacks, drawn at random; None = all
     warp_px: float = 0.0                      # a smooth warp of the face beside the additive change: its
@@ -85,13 +85,13 @@ class ProtectSettings:
 
 
 PRESETS: dict[str, ProtectSettings] = {
-    # About 1-2 s a face on a 2-core CPU; same visibility limits as standard, less protection.
+    # About as fast as the engine goes (15 steps); the same visibility limits as standard.
     "fast": ProtectSettings(preset="fast", steps=15, step_size=0.012),
-    # The default: lightness-only change, each pixel within CIEDE2000 2.2 of the original, smooth
-    # lighter or darker patches penalised (shading).
+    # The default: four surrogates, a lightness-only change with each pixel within CIEDE2000 2.6
+    # of the original, SSIM and smooth lighter/darker patches (shading) penalised.
     "standard": ProtectSettings(preset="standard"),
-    # More steps, a looser cap (2.8), a lighter SSIM penalty and no shading penalty: more
-    # protection, visible on close inspection.
-    "strong": ProtectSettings(preset="strong", steps=100, step_size=0.0015, step_decay=1.0, delta_e_cap=2.8,
-                              penalty_weight=25.0, shading_weight=0.0),
+    # For people who prefer protection: a looser cap (3.0), lighter penalties, more steps; the
+    # change shows on close inspection (README: its measured visibility).
+    "strong": ProtectSettings(preset="strong", steps=40, delta_e_cap=3.0, penalty_weight=40.0,
+                              shading_weight=0.375),
 }
