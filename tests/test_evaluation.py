@@ -325,7 +325,10 @@ def test_lowkey_eval_end_to_end(tmp_path, faces_dir):
     from lowkey_engine.cli import main
     from lowkey_engine.faces.paths import converted_path
 
-    if not all(converted_path(m).is_file() for m in ("mtcnn", "mfn-faceplugin", "mfn-expo", "dlib-resnet")):
+    from lowkey_engine.settings import ProtectSettings
+
+    attacked = set(ProtectSettings.from_preset("fast").ensemble)
+    if not all(converted_path(m).is_file() for m in {"mtcnn", "dlib-resnet", *attacked}):
         pytest.skip("models not fetched (lowkey weights fetch)")
     source = faces_dir / "lfw-dev"
     for identity in sorted(p.name for p in source.iterdir())[:3]:
@@ -344,7 +347,7 @@ def test_lowkey_eval_end_to_end(tmp_path, faces_dir):
     assert status == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["fast"]["steps"] == 1 and results["dataset"]["identities"] == 3
-    expected = {"mfn-faceplugin", "mfn-expo", "dlib-resnet"} | ({"dlib-real"} if real_dlib else set())
+    expected = attacked | {"dlib-resnet"} | ({"dlib-real"} if real_dlib else set())
     assert {r["recognizer"] for r in results["results"]} == expected
     assert len(results["results"]) == 2 * len(expected)
     for row in results["results"]:
