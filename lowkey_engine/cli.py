@@ -183,7 +183,7 @@ def _side_by_side(args: argparse.Namespace) -> int:
     if not args.out and not args.blind_dir:
         print("lowkey side-by-side: give --out SHEET.png, --blind-dir FOLDER, or both", file=sys.stderr)
         return 2
-    settings = ProtectSettings.from_preset(args.preset, device=args.device, seed=args.seed)
+    settings = ProtectSettings.from_preset(args.preset, **dict(args.overrides), device=args.device, seed=args.seed)
     comparisons, failures = [], 0
     for photo, _ in _inputs(args.paths):
         try:
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--device", default="cpu")
     detect.set_defaults(run=_detect)
 
+    from .evaluation.cli import add_eval_arguments, parse_override
+
     sheet = commands.add_parser("side-by-side", help="pictures of photos before and after protection")
     sheet.add_argument("paths", nargs="+", help="photos and folders (searched recursively)")
     sheet.add_argument("--out", help="sheet PNG: each photo's central face, original | protected | change amplified")
@@ -246,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--preset", choices=list(PRESETS), default="standard")
     sheet.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     sheet.add_argument("--seed", type=int, default=0, help="attack seed and the blind pairs' order")
+    sheet.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
+                       metavar="FIELD=VALUE", help="override a protection setting (as in lowkey eval)")
     sheet.set_defaults(run=_side_by_side)
-
-    from .evaluation.cli import add_eval_arguments
 
     evaluate = commands.add_parser("eval", help="identification accuracy with clean vs protected galleries")
     add_eval_arguments(evaluate)

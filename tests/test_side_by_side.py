@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -61,7 +62,13 @@ def test_side_by_side_reports_a_bad_photo_and_goes_on(tmp_path, faces_dir, capsy
     bad.write_bytes(b"not a photo")
     good = sorted((faces_dir / "lfw-dev").glob("*/*.jpg"))[0]
     status = lowkey(["side-by-side", str(bad), str(good), "--preset", "fast", "--device", "cpu",
-                     "--blind-dir", str(tmp_path / "pairs")])
+                     "--set", "steps=1", "--blind-dir", str(tmp_path / "pairs")])
     assert status == 1
     assert "bad.jpg: error" in capsys.readouterr().err
     assert (tmp_path / "pairs" / (good.stem + ".png")).is_file()
+
+
+def test_side_by_side_refuses_a_setting_that_does_not_exist(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        lowkey(["side-by-side", "x.jpg", "--out", str(tmp_path / "s.png"), "--set", "no_such_knob=1"])
+    assert "--set takes FIELD=VALUE" in capsys.readouterr().err
