@@ -183,7 +183,8 @@ def _side_by_side(args: argparse.Namespace) -> int:
     if not args.out and not args.blind_dir:
         print("lowkey side-by-side: give --out SHEET.png, --blind-dir FOLDER, or both", file=sys.stderr)
         return 2
-    settings = ProtectSettings.from_preset(args.preset, **dict(args.overrides), device=args.device, seed=args.seed)
+    settings = ProtectSettings.from_preset(args.preset, **{"device": args.device, "seed": args.seed,
+                                                           **dict(args.overrides)})
     comparisons, failures = [], 0
     for photo, _ in _inputs(args.paths):
         try:
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--device", default="cpu")
     detect.set_defaults(run=_detect)
 
-    from .evaluation.cli import add_eval_arguments, parse_override
+    from .evaluation.cli import add_eval_arguments, add_override_argument
 
     sheet = commands.add_parser("side-by-side", help="pictures of photos before and after protection")
     sheet.add_argument("paths", nargs="+", help="photos and folders (searched recursively)")
@@ -248,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--preset", choices=list(PRESETS), default="standard")
     sheet.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     sheet.add_argument("--seed", type=int, default=0, help="attack seed and the blind pairs' order")
-    sheet.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
-                       metavar="FIELD=VALUE", help="override a protection setting (as in lowkey eval)")
+    add_override_argument(sheet, "override a protection setting (as in lowkey eval; wins over --seed, --device)")
     sheet.set_defaults(run=_side_by_side)
 
     evaluate = commands.add_parser("eval", help="identification accuracy with clean vs protected galleries")

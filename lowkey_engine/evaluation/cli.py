@@ -39,6 +39,12 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, tuple(value) if isinstance(value, list) else value
 
 
+def add_override_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """`--set FIELD=VALUE`, repeatable, into `args.overrides` as (field, value) pairs (parse_override)."""
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
+                        metavar="FIELD=VALUE", help=help_text)
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     from .protocol import DEFAULT_RECOGNIZERS, DEFAULT_TRANSFORMS
     from ..settings import PRESETS
@@ -46,8 +52,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="labelled photos: FOLDER/<identity>/<photos>")
     parser.add_argument("--preset", dest="presets", action="append", choices=list(PRESETS),
                         help="preset to evaluate; repeat for several (default: fast)")
-    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
-                        metavar="FIELD=VALUE", help="override a protection setting for every preset (e.g. steps=5)")
+    add_override_argument(parser, "override a protection setting for every preset (e.g. steps=5)")
     parser.add_argument("--gallery", type=int, default=2,
                         help="protected gallery photos per identity; the others are clean probes (default 2)")
     parser.add_argument("--limit", type=int, help="only the first N identities (sorted by name)")
