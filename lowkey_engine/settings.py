@@ -47,6 +47,9 @@ class ProtectSettings:
                                               # (squared-distance units, 0-8): their soft minimum, so the
                                               # members that still recognize the face weigh most
     views: int = 1                            # upload-pipeline and alignment draws per step, one batch
+    diversity: str = "none"                   # random transform of the aligned faces the surrogates see:
+    diversity_probability: float = 0.5        # "none", "resize_pad", "block_shuffle", "structure"
+                                              # (attack/diversity.py), each face with this chance a step
     # --- expectation over what social sites do to uploads (applied at random each step)
     robust: bool = True
     jpeg_quality: tuple[int, int] = (60, 90)

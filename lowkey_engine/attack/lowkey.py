@@ -19,7 +19,9 @@ Beyond the paper, for transfer to recognizers it never saw and robustness to upl
   (sharp and smoothed together), which the CPU runs faster per image than separate passes;
 - `members_per_step` < the ensemble's size: each step attacks a random subset of the members (a
   stochastic ensemble: the cost of a few members, the diversity of all);
-- `warp_px` > 0: beside the additive change, a smooth sub-pixel warp of the face (warp.py).
+- `warp_px` > 0: beside the additive change, a smooth sub-pixel warp of the face (warp.py);
+- `diversity`: a random transform of the aligned faces each surrogate sees (diversity.py: resize
+  and pad, block shuffle, per-block transforms), for transfer to recognizers never attacked.
 
     attack = LowKeyAttack(recognizers, steps=60)
     change = attack(crops, landmarks, mask)          # protected = crops + change, in [0, 1]
@@ -39,6 +41,7 @@ from .budget import PerceptualBudget
 from .perceptual import SHADING_SIGMA_PER_FACE, shading_energy, ssim
 from ..faces.recognizers import Recognizer
 from ..settings import ProtectSettings
+from .diversity import InputDiversity
 from .transforms import downscale_and_back, gaussian_blur, jpeg_approx
 from .warp import SmoothWarp
 
@@ -98,6 +101,8 @@ class LowKeyAttack:
     smooth_every_view: bool = _DEFAULTS.smooth_every_view
     warp_px: float = _DEFAULTS.warp_px
     warp_grid: int = _DEFAULTS.warp_grid
+    diversity: str = _DEFAULTS.diversity
+    diversity_probability: float = _DEFAULTS.diversity_probability
     seed: int = _DEFAULTS.seed
 
     def __post_init__(self):
@@ -113,6 +118,7 @@ class LowKeyAttack:
         self.budget = PerceptualBudget(self.epsilon, self.colour, self.texture_floor, self.texture_reference,
                                        self.delta_e_cap)
         self.warp = SmoothWarp(self.warp_px, self.warp_grid)
+        self.input_diversity = InputDiversity(self.diversity, self.diversity_probability)
 
     @classmethod
     def from_settings(cls, settings: ProtectSettings, recognizers: Sequence[Recognizer],
@@ -165,8 +171,8 @@ class LowKeyAttack:
             return list(range(count))
         return sorted(torch.randperm(count, generator=generator)[:self.members_per_step].tolist())
 
-    def _embedding_distance(self, views: Tensor, landmarks: Tensor, clean: list[Tensor], members: list[int]
-                            ) -> Tensor:
+    def _embedding_distance(self, views: Tensor, landmarks: Tensor, clean: list[Tensor], members: list[int],
+                            generator: torch.Generator) -> Tensor:
         """Per face (N,): the mean over `members` (or their soft minimum, `member_focus`) of the mean
         over the views of the squared distance to the clean embedding, for the view plus for its
         Gaussian-smoothed copy (`smooth_every_view`; else once per view, doubled to the same
@@ -180,8 +186,10 @@ class LowKeyAttack:
                 landmarks = torch.cat([landmarks, landmarks])
         per_member = []
         for index in members:
+            recognizer = self.recognizers[index]
             with record_function("lowkey:surrogates"):
-                embedded = self.recognizers[index].embed(views, landmarks)
+                aligned = recognizer.align(views, landmarks)
+                embedded = recognizer(self.input_diversity(aligned, generator))
             squared = (embedded.view(-1, faces, embedded.shape[-1]) - clean[index]).pow(2).sum(-1)
             # sharp + smoothed (or twice the one view), mean over views
             per_member.append(squared.view(branches, -1, faces).sum(0).mean(0) * (2 / branches))
@@ -235,7 +243,7 @@ class LowKeyAttack:
             with record_function("lowkey:upload pipeline and alignment draws"):
                 views = torch.cat([self._view(protected, generator) for _ in range(self.views)])
                 jittered = torch.cat([self._jitter_landmarks(landmarks, generator) for _ in range(self.views)])
-            distance = self._embedding_distance(views, jittered, clean, members)
+            distance = self._embedding_distance(views, jittered, clean, members, generator)
             with record_function("lowkey:penalties"):
                 penalty = self.penalty_weight * (1 - ssim(protected, crops, weight=mask))
                 if self.shading_weight:
