@@ -133,9 +133,9 @@ def test_several_views_in_one_batch_are_the_mean_of_the_views_one_at_a_time(synt
     jittered = torch.cat([attack._jitter_landmarks(landmarks, generator) for _ in range(3)])
     with torch.no_grad():
         clean = [recognizer.embed(crops, landmarks)]
-        batched = attack._embedding_distance(views, jittered, clean, [0])
+        batched = attack._embedding_distance(views, jittered, clean, [0], generator)
         separate = torch.stack([attack._embedding_distance(views[2 * k:2 * k + 2], jittered[2 * k:2 * k + 2],
-                                                           clean, [0])
+                                                           clean, [0], generator)
                                 for k in range(3)]).mean(0)
     torch.testing.assert_close(batched, separate, atol=1e-5, rtol=1e-5)
 
