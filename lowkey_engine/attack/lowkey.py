@@ -188,8 +188,11 @@ class LowKeyAttack:
         for index in members:
             recognizer = self.recognizers[index]
             with record_function("lowkey:surrogates"):
-                aligned = recognizer.align(views, landmarks)
-                embedded = recognizer(self.input_diversity(aligned, generator))
+                if self.input_diversity.enabled:
+                    embedded = recognizer.embed(views, landmarks,
+                                                augment=lambda aligned: self.input_diversity(aligned, generator))
+                else:
+                    embedded = recognizer.embed(views, landmarks)
             squared = (embedded.view(-1, faces, embedded.shape[-1]) - clean[index]).pow(2).sum(-1)
             # sharp + smoothed (or twice the one view), mean over views
             per_member.append(squared.view(branches, -1, faces).sum(0).mean(0) * (2 / branches))

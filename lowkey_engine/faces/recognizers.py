@@ -13,6 +13,7 @@ checkpoints under weights/ (see weights/manifest.toml), built by `nets.load_net`
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -153,10 +154,13 @@ class Recognizer(nn.Module):
         landmarks; differentiable with respect to `images`."""
         return warp_faces(images, self.alignment_matrices(landmarks), self.spec.input_size)
 
-    def embed(self, images: Tensor, landmarks: Tensor) -> Tensor:
+    def embed(self, images: Tensor, landmarks: Tensor, augment: Callable[[Tensor], Tensor] | None = None
+              ) -> Tensor:
         """Unit embeddings (N, D) of the faces at `landmarks` (N, 5, 2) in `images` (N, 3, H, W),
-        pixels in [0, 1]: align, then embed."""
-        return self(self.align(images, landmarks))
+        pixels in [0, 1]: align, then embed. `augment`, when given, transforms the aligned faces
+        (N, 3, S, S) before the network sees them (the attack's input diversity)."""
+        aligned = self.align(images, landmarks)
+        return self(aligned if augment is None else augment(aligned))
 
 
 _CACHE: dict[tuple[str, str], Recognizer] = {}
