@@ -224,6 +224,6 @@ def test_smoothing_views_at_random_halves_the_surrogate_passes_at_the_same_scale
     with torch.no_grad():
         clean = [recognizer.embed(crops, landmarks)]
         moved = crops.flip(-1)
-        single = attack._embedding_distance(moved, landmarks, clean, [0])
+        single = attack._embedding_distance(moved, landmarks, clean, [0], torch.Generator())
         squared = (recognizer.embed(moved, landmarks) - clean[0]).pow(2).sum(1)
     torch.testing.assert_close(single, 2 * squared)
