@@ -3,6 +3,8 @@
     lowkey protect PATH... [-o OUT | --out-dir DIR] [--preset P] [--device D]
     lowkey weights list                 what model files exist, where from, fetched or not
     lowkey weights fetch [IDS] [--force]
+    lowkey datasets list                face-photo sets for tests and eval, where from, fetched or not
+    lowkey datasets fetch [NAMES] [--dir DIR]   into DIR/<set>/<identity>/<image> (default data/faces)
     lowkey detect PHOTO...              faces found, with boxes
     lowkey eval FOLDER [--preset P...] [--limit N] [--real-dlib]   identification accuracy, clean vs protected
     lowkey side-by-side PHOTO... [--out SHEET.png] [--blind-dir DIR]   before | after | change, to look at
@@ -35,10 +37,7 @@ def _weights_list(args: argparse.Namespace) -> int:
             state = "not fetched"
         sources = ", ".join(sorted({f.source for f in entry.files}))
         rows.append((entry.id, entry.role, state, "yes" if entry.default else "", sources))
-    header = ("id", "role", "state", "default", "source")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_table(("id", "role", "state", "default", "source"), rows)
     return 0
 
 
@@ -47,6 +46,48 @@ def _weights_fetch(args: argparse.Namespace) -> int:
 
     try:
         failed = fetch(args.ids, force=args.force)
+    except FetchError as exc:
+        print(f"lowkey: {exc}", file=sys.stderr)
+        return 2
+    if failed:
+        print(f"lowkey: could not fetch: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _datasets_list(args: argparse.Namespace) -> int:
+    from lowkey_weights.datasets import DATA_MIRROR_ENV, faces_dir, is_fetched, load_datasets
+    from lowkey_weights.fetch import mirror_dir
+
+    root = Path(args.dir) if args.dir else faces_dir()
+    rows = []
+    for dataset in load_datasets().values():
+        if is_fetched(dataset, root):
+            state = "ready"
+        elif dataset.needs_internet or (mirror_dir(DATA_MIRROR_ENV) is None
+                                        and any(s.startswith("github:") for s in dataset.sources)):
+            state = "needs internet"
+        else:
+            state = "not fetched"
+        photos = str(len(dataset.files)) if dataset.files else "all"
+        rows.append((dataset.id, photos, state, "yes" if dataset.default else "", ", ".join(dataset.sources)))
+    print(f"photo folder: {root}")
+    _print_table(("set", "photos", "state", "default", "source"), rows)
+    return 0
+
+
+def _datasets_fetch(args: argparse.Namespace) -> int:
+    from lowkey_weights.datasets import fetch
+    from lowkey_weights.fetch import FetchError
+
+    try:
+        failed = fetch(args.names, Path(args.dir) if args.dir else None)
     except FetchError as exc:
         print(f"lowkey: {exc}", file=sys.stderr)
         return 2
@@ -232,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("ids", nargs="*", help="model ids (default: every default model)")
     fetch.add_argument("--force", action="store_true", help="convert again even if up to date")
     fetch.set_defaults(run=_weights_fetch)
+
+    datasets = commands.add_parser("datasets", help="face-photo sets for the tests and lowkey eval: list, fetch")
+    datasets_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    listing = datasets_commands.add_parser("list", help="every set in weights/datasets.toml")
+    fetch_set = datasets_commands.add_parser("fetch", help="fetch sets from their sources, every file verified")
+    fetch_set.add_argument("names", nargs="*", help="set names (default: every default set; `lfw` is the full LFW)")
+    for command in (listing, fetch_set):
+        command.add_argument("--dir", help="folder that holds the sets, DIR/<set>/ (default data/faces in the "
+                             "checkout, or $LOWKEY_DATA_DIR/faces)")
+    listing.set_defaults(run=_datasets_list)
+    fetch_set.set_defaults(run=_datasets_fetch)
 
     detect = commands.add_parser("detect", help="find faces in photos")
     detect.add_argument("photos", nargs="+")

