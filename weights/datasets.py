@@ -66,7 +66,7 @@ class PhotoFile:
     """One photo of a set: where it goes in the set's folder and where it comes from."""
 
     path: str      # inside the set's folder, "<identity>/<image>" (or "<image>" for unlabelled sets)
-    source: str    # "github:OWNER/REPO@COMMIT", "npm:PKG@VER" or "pypi:PKG==VER"
+    source: str    # "github:OWNER/REPO@COMMIT", "npm:PKG@VER", "pypi:PKG==VER" (wheel) or "pypi-sdist:PKG==VER"
     member: str    # the file's path inside that repository or package
     sha256: str    # full hex digest
 
@@ -152,8 +152,8 @@ def _check_photo_file(set_id: str, f: PhotoFile) -> None:
     where = PurePosixPath(f.path)
     if where.is_absolute() or ".." in where.parts or len(where.parts) > 2:
         raise ValueError(f"{set_id}: {f.path!r} must be <identity>/<image> or <image> inside the set")
-    if f.source.split(":", 1)[0] not in ("github", "npm", "pypi") or len(f.sha256) != 64:
-        raise ValueError(f"{set_id}: {f.path!r} needs a github/npm/pypi source and a full sha256")
+    if f.source.split(":", 1)[0] not in ("github", "npm", "pypi", "pypi-sdist") or len(f.sha256) != 64:
+        raise ValueError(f"{set_id}: {f.path!r} needs a github/npm/pypi/pypi-sdist source and a full sha256")
 
 
 # --- fetching ------------------------------------------------------------------------------------
@@ -216,8 +216,8 @@ def _fetch_files(dataset: Dataset, root: Path, log: Callable[[str], None]) -> in
         mirrored += from_mirror
         downloaded += not from_mirror
     _remove_unlisted(folder, {photo.path for photo in dataset.files}, log)
-    log(f"{dataset.id}: {downloaded} downloaded from {', '.join(dataset.sources)}, {mirrored} copied from "
-        f"the mirror {mirror}, {kept} already there; all {len(dataset.files)} sha256 verified")
+    log(f"{dataset.id}: all {len(dataset.files)} sha256 verified ({kept} already there, {mirrored} copied "
+        f"from the mirror {mirror}, {downloaded} from {', '.join(dataset.sources)})")
     return len(dataset.files)
 
 

