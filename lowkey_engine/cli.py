@@ -304,7 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_argument(sheet, "override a protection setting (as in lowkey eval; wins over --seed, --device)")
     sheet.set_defaults(run=_side_by_side)
 
-    evaluate = commands.add_parser("eval", help="identification accuracy with clean vs protected galleries")
+    from lowkey_weights.datasets import faces_dir
+
+    lfw_dev = faces_dir() / "lfw-dev"
+    evaluate = commands.add_parser(
+        "eval", help="identification accuracy with clean vs protected galleries",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"photos to measure on: `lowkey datasets fetch lfw-dev` puts LFW's dev set (212 people) in\n"
+               f"{lfw_dev}; `lowkey datasets fetch lfw` the whole LFW (needs the internet). For example:\n"
+               f"  lowkey eval {lfw_dev} --preset standard --protect-limit 30 --transforms none half+jpeg75")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
     return parser

@@ -145,6 +145,9 @@ def load_datasets(path: Path = DATASETS_MANIFEST) -> dict[str, Dataset]:
         if dataset.id in sets:
             raise ValueError(f"duplicate set {dataset.id!r} in {path}")
         sets[dataset.id] = dataset
+    for dataset in sets.values():
+        if dataset.tree and not (dataset.tree.check_against in sets and sets[dataset.tree.check_against].files):
+            raise ValueError(f"{dataset.id}: check_against {dataset.tree.check_against!r} is not a listed set")
     return sets
 
 
@@ -175,16 +178,18 @@ def is_fetched(dataset: Dataset, root: Path | None = None) -> bool:
     return stamp.is_file() and json.loads(stamp.read_text()).get("stamp") == _stamp(dataset)
 
 
-def fetch_dataset(dataset: Dataset, root: Path | None = None, log: Callable[[str], None] = print) -> Path:
+def fetch_dataset(dataset: Dataset, root: Path | None = None, log: Callable[[str], None] = print,
+                  sets: dict[str, Dataset] | None = None) -> Path:
     """Fetch one set into `root/<set>/`, every file verified; returns that folder. Files already
     there with the right digest are kept, others replaced; files the manifest does not list are
-    removed. Raises FetchError naming the file and the address it could not get."""
+    removed. A tree is checked against `sets[tree.check_against]` (default: the manifest's).
+    Raises FetchError naming the file and the address it could not get."""
     root = root or faces_dir()
     folder = root / dataset.id
     log(f"{dataset.id}: {dataset.description}")
     log(f"{dataset.id}: terms: {dataset.terms}")
     if dataset.tree:
-        count = _fetch_tree(dataset, root, log)
+        count = _fetch_tree(dataset, root, log, (sets or load_datasets())[dataset.tree.check_against])
     else:
         count = _fetch_files(dataset, root, log)
     stamp = _stamp_path(root, dataset)
@@ -235,9 +240,9 @@ def _remove_unlisted(folder: Path, listed: set[str], log: Callable[[str], None])
             path.unlink()
 
 
-def _fetch_tree(dataset: Dataset, root: Path, log: Callable[[str], None]) -> int:
+def _fetch_tree(dataset: Dataset, root: Path, log: Callable[[str], None], listed: Dataset) -> int:
     """Download the repository archive (resumable, into the cache), unpack `tree.folder` into the
-    set's folder and check it holds every file of `tree.check_against` unchanged."""
+    set's folder and check it holds every file of the `listed` set unchanged."""
     tree = dataset.tree
     archive = upstream_file(tree.archive(), root / CACHE_FOLDER / "url" / tree.archive().path, log,
                             mirror_env=DATA_MIRROR_ENV)
@@ -259,7 +264,7 @@ def _fetch_tree(dataset: Dataset, root: Path, log: Callable[[str], None]) -> int
     if not count:
         shutil.rmtree(partial, ignore_errors=True)
         raise FetchError(f"{archive.name} holds no photos under {tree.folder}/<identity>/")
-    _check_contains(partial, load_datasets()[tree.check_against], archive.name)
+    _check_contains(partial, listed, archive.name)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
     return count
@@ -287,7 +292,7 @@ def fetch(names: Iterable[str] = (), root: Path | None = None, log: Callable[[st
     failed = []
     for name in wanted:
         try:
-            fetch_dataset(sets[name], root, log)
+            fetch_dataset(sets[name], root, log, sets)
         except FetchError as exc:
             log(f"{name}: FAILED: {exc}")
             failed.append(name)
