@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh clone: the system programs the tests drive, a virtual environment with
-# torch and every package, the model files (fetched, verified, converted), then a sample photo
-# protected. Safe to run again: finished steps are skipped.
+# torch and every package, the model files (fetched, verified, converted), the test and evaluation
+# photos, then a sample photo protected. Safe to run again: finished steps are skipped.
 #
 # Environment knobs:
 #   PYTHON       interpreter to build the venv with (default: python3, must be >= 3.11)
@@ -9,6 +9,8 @@
 #   TORCH_SPEC   torch/torchvision to install (default below: the versions tests run on)
 #   LOWKEY_WEIGHTS_MIRROR  folder of mirrored upstream model files, used instead of downloading them
 #                (default: ../shared/weights beside the checkout, when it exists)
+#   LOWKEY_DATA_MIRROR  folder of mirrored upstream photo files (faces/<set>/...), used instead of
+#                downloading them (default: ../shared/data beside the checkout, when it exists)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +80,16 @@ if [ -z "${LOWKEY_WEIGHTS_MIRROR:-}" ] && [ -d ../shared/weights ]; then
     echo "upstream model files from the mirror $LOWKEY_WEIGHTS_MIRROR"
 fi
 "$VENV/bin/lowkey" weights fetch
+
+step "test and evaluation photos"
+# The face photos the tests and `lowkey eval` use, from their public sources (weights/datasets.toml),
+# each verified by sha256, into data/faces/<set>/ (git-ignored). Files already there are kept.
+if [ -z "${LOWKEY_DATA_MIRROR:-}" ] && [ -d ../shared/data ]; then
+    LOWKEY_DATA_MIRROR="$(cd ../shared/data && pwd)"
+    export LOWKEY_DATA_MIRROR
+    echo "upstream photo files from the mirror $LOWKEY_DATA_MIRROR"
+fi
+"$VENV/bin/lowkey" datasets fetch
 
 step "protecting a sample photo"
 "$VENV/bin/lowkey" protect weights/samples/sample1.jpg --out-dir out --preset fast
