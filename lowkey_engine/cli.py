@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 #: Suffix added to a protected photo's name when it is written beside its original.
@@ -42,10 +42,18 @@ def _weights_list(args: argparse.Namespace) -> int:
 
 
 def _weights_fetch(args: argparse.Namespace) -> int:
-    from lowkey_weights.fetch import FetchError, fetch
+    from lowkey_weights.fetch import fetch
+
+    return _report_fetch(lambda: fetch(args.ids, force=args.force))
+
+
+def _report_fetch(run: Callable[[], list[str]]) -> int:
+    """Exit status of a fetch step that returns the names it could not fetch: 0 all fetched,
+    1 some failed (each already logged), 2 the request itself was wrong (an unknown name)."""
+    from lowkey_weights.fetch import FetchError
 
     try:
-        failed = fetch(args.ids, force=args.force)
+        failed = run()
     except FetchError as exc:
         print(f"lowkey: {exc}", file=sys.stderr)
         return 2
@@ -84,17 +92,8 @@ def _datasets_list(args: argparse.Namespace) -> int:
 
 def _datasets_fetch(args: argparse.Namespace) -> int:
     from lowkey_weights.datasets import fetch
-    from lowkey_weights.fetch import FetchError
 
-    try:
-        failed = fetch(args.names, Path(args.dir) if args.dir else None)
-    except FetchError as exc:
-        print(f"lowkey: {exc}", file=sys.stderr)
-        return 2
-    if failed:
-        print(f"lowkey: could not fetch: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return _report_fetch(lambda: fetch(args.names, Path(args.dir) if args.dir else None))
 
 
 def _detect(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .fetch import FetchError, mirror_dir, registry_member, sha256_of, upstream_file
+from .fetch import FetchError, fetch_each, mirror_dir, registry_member, sha256_of, upstream_file
 from .manifest import VERIFY_RECORD_ON_FIRST_FETCH, SourceFile
 
 DATASETS_MANIFEST = Path(__file__).resolve().parent / "datasets.toml"
@@ -285,15 +285,4 @@ def fetch(names: Iterable[str] = (), root: Path | None = None, log: Callable[[st
     """Fetch the named sets (the default ones when none are named). Returns the names that failed,
     each failure already logged with what could not be reached; the others are fetched regardless."""
     sets = load_datasets()
-    wanted = list(names) or [s.id for s in sets.values() if s.default]
-    unknown = [n for n in wanted if n not in sets]
-    if unknown:
-        raise FetchError(f"unknown set(s) {unknown}; known: {', '.join(sets)}")
-    failed = []
-    for name in wanted:
-        try:
-            fetch_dataset(sets[name], root, log, sets)
-        except FetchError as exc:
-            log(f"{name}: FAILED: {exc}")
-            failed.append(name)
-    return failed
+    return fetch_each(names, sets, lambda dataset: fetch_dataset(dataset, root, log, sets), "set(s)", log)

@@ -28,8 +28,9 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from lowkey_engine.faces.paths import weights_dir
 
@@ -37,6 +38,7 @@ from .manifest import VERIFY_RECORD_ON_FIRST_FETCH, ModelEntry, SourceFile, load
 
 #: Bump when a converter's output changes, so existing conversions are redone.
 CONVERTER_GENERATION = 1
+T = TypeVar("T")
 _DOWNLOAD_CHUNK = 1 << 20
 #: Beside a downloaded file without a published digest: the sha256 its first download had.
 RECORDED_DIGEST_SUFFIX = ".sha256"
@@ -301,20 +303,27 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def fetch_each(names: Iterable[str], entries: Mapping[str, T], fetch_entry: Callable[[T], object],
+               what: str, log: Callable[[str], None] = print) -> list[str]:
+    """Run `fetch_entry` on each named entry of `entries` (every one marked `default` when no names
+    are given). Returns the names that failed, each failure logged; the others are fetched regardless.
+    Raises FetchError, before fetching anything, on a name that is not an entry (`what` says which kind)."""
+    wanted = list(names) or [name for name, entry in entries.items() if entry.default]
+    unknown = [name for name in wanted if name not in entries]
+    if unknown:
+        raise FetchError(f"unknown {what} {unknown}; known: {', '.join(entries)}")
+    failed = []
+    for name in wanted:
+        try:
+            fetch_entry(entries[name])
+        except FetchError as exc:
+            log(f"{name}: FAILED: {exc}")
+            failed.append(name)
+    return failed
+
+
 def fetch(ids: Iterable[str] = (), root: Path | None = None, force: bool = False,
           log: Callable[[str], None] = print) -> list[str]:
     """Fetch the named entries (all `default` entries when none are named). Returns the ids that
     failed, each failure already logged; the others are fetched regardless."""
-    manifest = load_manifest()
-    wanted = list(ids) or [e.id for e in manifest.values() if e.default]
-    unknown = [i for i in wanted if i not in manifest]
-    if unknown:
-        raise FetchError(f"unknown model id(s) {unknown}; known: {', '.join(manifest)}")
-    failed = []
-    for model_id in wanted:
-        try:
-            fetch_one(manifest[model_id], root, force, log)
-        except FetchError as exc:
-            log(f"{model_id}: FAILED: {exc}")
-            failed.append(model_id)
-    return failed
+    return fetch_each(ids, load_manifest(), lambda entry: fetch_one(entry, root, force, log), "model id(s)", log)
