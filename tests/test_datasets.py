@@ -100,6 +100,20 @@ def test_a_mirror_copy_with_another_digest_is_refused_and_the_set_is_not_fetched
     assert not is_fetched(broken, root)
 
 
+def test_a_download_with_another_digest_is_not_kept_and_a_failed_refetch_unmarks_the_set(
+        tmp_path, small_set, monkeypatch):
+    dataset, photos = small_set
+    root = tmp_path / "faces"
+    fetch_dataset(dataset, root, log=lambda _: None)
+    (root / "small" / "Bob" / "Bob_0001.jpg").write_bytes(b"damaged")
+    monkeypatch.delenv(DATA_MIRROR_ENV)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout=None: io.BytesIO(b"not bob"))
+    with pytest.raises(FetchError, match="checksum mismatch"):
+        fetch_dataset(dataset, root, log=lambda _: None)
+    assert not (root / "small" / "Bob" / "Bob_0001.jpg").exists()
+    assert not is_fetched(dataset, root)
+
+
 def test_without_mirror_or_internet_the_error_names_the_upstream_address(tmp_path, small_set, monkeypatch):
     dataset, _ = small_set
     monkeypatch.delenv(DATA_MIRROR_ENV)

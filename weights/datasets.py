@@ -186,6 +186,7 @@ def fetch_dataset(dataset: Dataset, root: Path | None = None, log: Callable[[str
     Raises FetchError naming the file and the address it could not get."""
     root = root or faces_dir()
     folder = root / dataset.id
+    _stamp_path(root, dataset).unlink(missing_ok=True)   # fetched again only once this run completes
     log(f"{dataset.id}: {dataset.description}")
     log(f"{dataset.id}: terms: {dataset.terms}")
     if dataset.tree:
@@ -217,7 +218,11 @@ def _fetch_files(dataset: Dataset, root: Path, log: Callable[[str], None]) -> in
             downloaded += 1
             continue
         from_mirror = mirror is not None and (mirror / spec.mirror).is_file()
-        upstream_file(spec, target, log=lambda _: None, mirror_env=DATA_MIRROR_ENV)
+        try:
+            upstream_file(spec, target, log=lambda _: None, mirror_env=DATA_MIRROR_ENV)
+        except FetchError:
+            target.unlink(missing_ok=True)        # a download with the wrong digest is not kept
+            raise
         mirrored += from_mirror
         downloaded += not from_mirror
     _remove_unlisted(folder, {photo.path for photo in dataset.files}, log)
