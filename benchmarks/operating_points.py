@@ -2,9 +2,11 @@
 photos match (false-match rate 1e-3), and how many same-person pairs still match there.
 
     .venv/bin/python benchmarks/operating_points.py [--folder data/faces/lfw-dev]
+        [--recognizers ID ...]
 
 Every photo of the folder (`<identity>/<photos>`), the central face found by our MTCNN, embedded by
-every fetched recognizer as `lowkey eval` embeds it (observations are cached where `lowkey eval`
+every fetched recognizer (or those --recognizers names: a new model's threshold, without
+re-embedding every other model) as `lowkey eval` embeds it (observations are cached where `lowkey eval`
 caches them); all different-identity pairs and all same-identity pairs. For recognizers compared by
 Euclidean distance (dlib) it reports the false- and true-match rates at dlib's own threshold
 instead. Prints a table and the lines for `lowkey_engine/evaluation/operating_points.py`.
@@ -37,9 +39,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", default=str(faces_dir() / "lfw-dev"))
     parser.add_argument("--false-match-rate", type=float, default=CALIBRATION_FALSE_MATCH_RATE)
+    parser.add_argument("--recognizers", nargs="+", metavar="ID", help="default: every fetched one")
     args = parser.parse_args()
 
-    recognizers = [r for r in SPECS if converted_path(r).is_file()]
+    recognizers = [r for r in SPECS if converted_path(r).is_file()
+                   and (not args.recognizers or r in args.recognizers)]
+    missing = sorted(set(args.recognizers or ()) - set(recognizers))
+    if missing:
+        parser.error(f"not fetched or unknown: {', '.join(missing)}")
     photos = labelled_photos(args.folder, min_per_identity=2)
     observer = MtcnnObserver(recognizers)
     cache = ObservationCache(default_cache_dir() / "observations", [observer])

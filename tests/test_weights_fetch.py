@@ -211,7 +211,7 @@ MIRRORED_RECOGNIZERS = [i for i, entry in load_manifest().items() if entry.mirro
 
 
 def test_the_new_upstream_recognizers_are_mirrored_defaults():
-    assert {"face-reid-0095", "mfn-casia"} <= set(MIRRORED_RECOGNIZERS)
+    assert {"face-reid-0095", "mfn-casia", "edgeface-xs"} <= set(MIRRORED_RECOGNIZERS)
     for model_id in MIRRORED_RECOGNIZERS:
         entry = load_manifest()[model_id]
         assert entry.default and entry.role == "recognizer"

@@ -18,11 +18,13 @@ from torch import nn
 from .facenet import FACENET_FORMAT, build_facenet
 from .graphnet import GRAPH_FORMAT, GraphNet
 from .mobilefacenet import MOBILEFACENET_FORMAT, build_mobilefacenet
+from .timm_net import TIMM_FORMAT, build_timm_net
 
 NET_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     GRAPH_FORMAT: GraphNet,
     FACENET_FORMAT: build_facenet,
     MOBILEFACENET_FORMAT: build_mobilefacenet,
+    TIMM_FORMAT: build_timm_net,
 }
 
 
