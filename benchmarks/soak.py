@@ -46,6 +46,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import playwright.sync_api as playwright_api
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -76,11 +77,11 @@ SAMPLE_EVERY = 100
 class SoakPlan:
     uploads: int = 1000
     seed: int = 0
-    sigkills: int = 6
-    sigterms: int = 6
-    worker_stops: int = 12
+    sigkills: int = 5
+    sigterms: int = 5
+    worker_stops: int = 10
     #: Tabs uploading at once (each one upload at a time).
-    tabs: int = 2
+    tabs: int = 3
     #: Every upload must be delivered or blocked within this, seconds.
     bound_seconds: float = 60.0
     #: No upload starts after this, seconds from the first one.
@@ -102,6 +103,12 @@ class Upload:
     seconds: float | None = None
     outcome: str = "pending"  # protected, blocked, stuck, original, not-protected
     message: str = ""
+    #: Whether chaos could explain a block: the upload was in flight while the daemon was down or
+    #: restarting, or when the service worker was stopped.
+    exposed: bool = False
+
+    def overlaps(self, window: tuple[float, float]) -> bool:
+        return self.started <= window[1] and window[0] <= self.started + (self.seconds or 0.0)
 
 
 @dataclass
@@ -148,6 +155,11 @@ class SoakReport:
     def stuck(self) -> int:
         return self.count("stuck")
 
+    @property
+    def blocked_without_chaos(self) -> int:
+        """Blocked uploads no chaos was in flight for (must be 0: the extension and daemon recovered)."""
+        return sum(u.outcome == "blocked" and not u.exposed for u in self.uploads)
+
 
 # --------------------------------------------------------------------------------------- photos
 
@@ -180,7 +192,8 @@ def with_exif_marker(jpeg: bytes, index: int) -> bytes:
     return jpeg[:after] + segment + jpeg[after:]
 
 
-def prepare_uploads(plan: SoakPlan, faces_dir: Path, folder: Path, rng: random.Random) -> tuple[list[Upload], dict[int, Original]]:
+def prepare_uploads(plan: SoakPlan, faces_dir: Path, folder: Path,
+                    rng: random.Random) -> tuple[list[Upload], dict[int, Original]]:
     """The uploads in order, styles shuffled in rounds of len(STYLES), each with its own original
     file in `folder` (the photos are read-only and stay out of the repository)."""
     photos = sorted((faces_dir / "lfw-dev").glob("*/*.jpg"))
@@ -240,6 +253,8 @@ class ChaoticDaemon:
         (config_dir / "daemon.toml").write_text(daemon_toml(plan))
         self.daemon = DaemonProcess(config_dir)
         self.incarnations: list[Incarnation] = []
+        #: [killed, next incarnation answered] (time.monotonic()), one per kill.
+        self.downtimes: list[list[float]] = []
         self._log = log
 
     def start(self, after: str, wait: bool) -> None:
@@ -264,6 +279,8 @@ class ChaoticDaemon:
         if not self.daemon.ready():
             return False
         self.sample()
+        if self.downtimes and self.downtimes[-1][1] == float("inf"):
+            self.downtimes[-1][1] = time.monotonic()
         return True
 
     def delivered(self) -> None:
@@ -279,6 +296,7 @@ class ChaoticDaemon:
         self.sample()
         now = self.current
         now.ended_by = kind
+        self.downtimes.append([time.monotonic(), float("inf")])
         now.exit_status = self.daemon.stop(signal.SIGKILL if kind == "sigkill" else signal.SIGTERM)
         now.lived_seconds = time.monotonic() - now.began
         self._log(f"  {kind} daemon incarnation {now.number} (pid {now.pid}) after {now.deliveries} deliveries")
@@ -298,8 +316,8 @@ def chaos_schedule(plan: SoakPlan, rng: random.Random) -> dict[int, list[ChaosEv
     first = min(5, plan.uploads - 1)
     daemon_last = max(first + 1, int(plan.uploads * plan.daemon_chaos_share))
     daemon_kinds = ["sigkill"] * plan.sigkills + ["sigterm"] * plan.sigterms
-    events = [ChaosEvent(at, kind, 0.0) for at, kind in
-              zip(rng.sample(range(first, daemon_last), len(daemon_kinds)), rng.sample(daemon_kinds, len(daemon_kinds)))]
+    daemon_at = rng.sample(range(first, daemon_last), len(daemon_kinds))
+    events = [ChaosEvent(at, kind, 0.0) for at, kind in zip(daemon_at, rng.sample(daemon_kinds, len(daemon_kinds)))]
     events += [ChaosEvent(at, "worker", 0.0) for at in rng.sample(range(first, plan.uploads), plan.worker_stops)]
     schedule: dict[int, list[ChaosEvent]] = {}
     for event in sorted(events, key=lambda e: e.upload):
@@ -316,6 +334,7 @@ class Tab:
         self.page = browser.context.new_page()
         self.page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site_url.rstrip("/"))
         self.page.goto(site_url)
+        self.session = self.page.context.new_cdp_session(self.page)   # kept: the indicator is polled often
         self.upload: Upload | None = None
         self.seen_hashes: set[str] = set()
 
@@ -340,7 +359,7 @@ class Tab:
             chooser.value.set_files(str(path))
 
     def blocked_message(self) -> str | None:
-        state, message = indicator_state(self.page)
+        state, message = indicator_state(self.page, self.session)
         return message if state == "blocked" else None
 
     def end(self) -> None:
@@ -354,7 +373,7 @@ class Tab:
         """The fake site's spy: SHA-256 of every file its script could read in this page."""
         try:
             self.seen_hashes |= set(self.page.evaluate("[...(window.seenFileHashes ?? [])]"))
-        except Exception:   # the page is navigating (a form post): it read nothing new meanwhile
+        except playwright_api.Error:   # the page is navigating (a form post): it read nothing new meanwhile
             pass
 
 
@@ -367,7 +386,7 @@ def judge(upload: Upload, received, original: Original, originals: dict[int, Ori
         return "original", "metadata intact"
     try:
         pixels, size = pixels_digest(received.data)
-    except Exception as error:   # not an image at all
+    except (OSError, ValueError, Image.DecompressionBombError) as error:   # not an image at all
         return "not-protected", f"undecodable delivery ({len(received.data)} bytes): {error}"
     if pixels in {o.pixels_sha256 for o in originals.values()}:
         return ("original", "pixels unchanged (pasted photo with a face)") if upload.style == "paste" else (
@@ -386,6 +405,7 @@ def run_soak(plan: SoakPlan, faces_dir: Path, workdir: Path, log=print) -> SoakR
     schedule = chaos_schedule(plan, rng)
     load_average = {"start": os.getloadavg()}
     chaos_done: list[dict] = []
+    worker_stops: list[float] = []
     unexpected = 0
     (workdir / "daemon").mkdir()
     daemon = ChaoticDaemon(workdir / "daemon", plan, log)
@@ -443,6 +463,7 @@ def run_soak(plan: SoakPlan, faces_dir: Path, workdir: Path, log=print) -> SoakR
                     for event in schedule.get(upload.index, ()):
                         time.sleep(event.delay)
                         if event.kind == "worker":
+                            worker_stops.append(time.monotonic())
                             stopped = browser.stop_service_worker(tab.page)
                             log(f"  stopped the service worker ({len(stopped)} target)")
                         else:
@@ -464,6 +485,9 @@ def run_soak(plan: SoakPlan, faces_dir: Path, workdir: Path, log=print) -> SoakR
     never_started = [u for u in uploads if u.outcome == "pending"]
     for upload in never_started:
         uploads.remove(upload)
+    windows = [tuple(w) for w in daemon.downtimes] + [(at, at) for at in worker_stops]
+    for upload in uploads:
+        upload.exposed = any(upload.overlaps(window) for window in windows)
     return SoakReport(plan, uploads, daemon.incarnations, chaos_done, unexpected, read, seconds, load_average)
 
 
@@ -475,15 +499,17 @@ def markdown(report: SoakReport) -> str:
     lines = [f"{len(uploads)} uploads in {report.seconds / 60:.1f} min (plan {plan.uploads}, seed {plan.seed}, "
              f"{plan.tabs} tabs, bound {plan.bound_seconds:g} s, preset `{SOAK_PRESET}` = fast with {plan.steps} "
              f"step(s), torch threads {plan.torch_threads}); load average {report.load_average}", "",
-             "| upload style | uploads | protected | blocked | originals at the site | not protected | stuck | "
-             "median s delivered | max s delivered | max s to blocked |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| upload style | uploads | protected | blocked | blocked, no chaos in flight | originals at the site | "
+             "not protected | stuck | median s delivered | max s delivered | max s to blocked |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for style in (*STYLES, None):
         chosen = [u for u in uploads if style is None or u.style == style]
         delivered = [u.seconds for u in chosen if u.outcome == "protected"]
         blocked = [u.seconds for u in chosen if u.outcome == "blocked"]
-        lines.append(f"| {style or '**all**'} | {len(chosen)} | " + " | ".join(
-            str(sum(u.outcome == o for u in chosen)) for o in ("protected", "blocked", "original", "not-protected", "stuck"))
+        counts = [sum(u.outcome == o for u in chosen) for o in ("protected", "blocked")]
+        counts.append(sum(u.outcome == "blocked" and not u.exposed for u in chosen))
+        counts += [sum(u.outcome == o for u in chosen) for o in ("original", "not-protected", "stuck")]
+        lines.append(f"| {style or '**all**'} | {len(chosen)} | " + " | ".join(map(str, counts))
             + f" | {statistics.median(delivered) if delivered else 0:.2f} | {max(delivered, default=0):.2f}"
             f" | {max(blocked, default=0):.2f} |")
     kinds = [event["kind"] for event in report.chaos_done]
@@ -522,7 +548,7 @@ def main() -> int:
         "incarnations": [asdict(life) for life in report.incarnations], "chaos": report.chaos_done,
         "uploads": [asdict(u) for u in report.uploads], "originals_page_read": report.originals_page_read,
         "unexpected_deliveries": report.unexpected_deliveries}, indent=1))
-    return 1 if report.originals or report.stuck or report.originals_page_read else 0
+    return 1 if report.originals or report.stuck or report.originals_page_read or report.blocked_without_chaos else 0
 
 
 if __name__ == "__main__":

@@ -308,11 +308,12 @@ def _has_class(name: str):
     return lambda node: name in _attributes(node).get("class", "").split()
 
 
-def indicator_state(page) -> tuple[str, str]:
+def indicator_state(page, session=None) -> tuple[str, str]:
     """(state, message) of the indicator on the page: state is the panel's data-state (progress,
     done, blocked, ask), ("", "") when there is no indicator. It lives in a closed shadow root:
-    read through DevTools."""
-    session = page.context.new_cdp_session(page)
+    read through DevTools (`session`: the page's CDP session to use, else a new one)."""
+    own = session is None
+    session = session or page.context.new_cdp_session(page)
     try:
         host = _indicator(session)
         if host is None:
@@ -321,7 +322,8 @@ def indicator_state(page) -> tuple[str, str]:
         message = _find(host, _has_class("message"))
         return (_attributes(panel).get("data-state", "") if panel else "", _text(message) if message else "")
     finally:
-        session.detach()
+        if own:
+            session.detach()
 
 
 def indicator_message(page) -> str:

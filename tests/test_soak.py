@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.soak import STYLES, SoakPlan, markdown, run_soak
+from benchmarks.soak import SoakPlan, markdown, run_soak
 
 pytestmark = pytest.mark.slow
 
-SHORT_SOAK = SoakPlan(uploads=36, seed=22, sigkills=2, sigterms=2, worker_stops=3, tabs=2,
-                      bound_seconds=60.0, time_limit_seconds=240.0, daemon_chaos_share=0.7)
+SHORT_SOAK = SoakPlan(uploads=24, seed=22, sigkills=2, sigterms=2, worker_stops=3, tabs=3,
+                      bound_seconds=60.0, time_limit_seconds=180.0, daemon_chaos_share=0.7)
 
 
 def test_short_chaos_soak_leaks_no_original_and_leaves_no_upload_hanging(faces_dir, tmp_path):
@@ -30,8 +30,8 @@ def test_short_chaos_soak_leaks_no_original_and_leaves_no_upload_hanging(faces_d
     assert (kinds.count("sigkill"), kinds.count("sigterm"), kinds.count("worker")) == (2, 2, 3)
     assert len(report.incarnations) == 5 and all(life.samples for life in report.incarnations), (
         "a daemon incarnation never answered")
-    # Chaos blocks some uploads; the rest must get through, in every style.
-    protected = [u for u in report.uploads if u.outcome == "protected"]
-    assert len(protected) >= SHORT_SOAK.uploads // 2, f"only {len(protected)} uploads were protected"
-    assert {u.style for u in protected} == set(STYLES)
+    # Chaos explains every block: an upload no kill or worker stop was in flight for got through.
+    assert report.blocked_without_chaos == 0, [u for u in report.uploads if u.outcome == "blocked" and not u.exposed]
+    calm = [u for u in report.uploads if not u.exposed]
+    assert len(calm) >= 4, f"only {len(calm)} uploads ran with no chaos in flight: the check above means little"
     assert all("blocked" in u.message.lower() for u in report.uploads if u.outcome == "blocked")
