@@ -67,8 +67,10 @@ EXIF_MARKER = b"lowkey-soak-original"
 EXIF_IMAGE_DESCRIPTION = 0x010E
 #: Chaos acts this long (uniform, seconds) after the upload it is attached to started.
 CHAOS_DELAY_SECONDS = (0.0, 1.5)
-#: How often pending uploads are looked at, seconds.
-POLL_SECONDS = 0.2
+#: How often the site's deliveries are looked at, seconds (a dict lookup).
+POLL_SECONDS = 0.1
+#: How often a tab's indicator is read, seconds (DevTools walks the page's DOM: costs CPU).
+INDICATOR_POLL_SECONDS = 0.75
 #: An incarnation's memory and sockets are also sampled after every this many of its deliveries.
 SAMPLE_EVERY = 100
 
@@ -77,8 +79,8 @@ SAMPLE_EVERY = 100
 class SoakPlan:
     uploads: int = 1000
     seed: int = 0
-    sigkills: int = 5
-    sigterms: int = 5
+    sigkills: int = 4
+    sigterms: int = 4
     worker_stops: int = 10
     #: Tabs uploading at once (each one upload at a time).
     tabs: int = 3
@@ -86,8 +88,9 @@ class SoakPlan:
     bound_seconds: float = 60.0
     #: No upload starts after this, seconds from the first one.
     time_limit_seconds: float = 1500.0
-    #: Attack steps of the daemon's `soak` preset (base `fast`).
+    #: Attack steps of the daemon's `soak` preset (base `fast`), and the ensemble members each step attacks.
     steps: int = 1
+    members_per_step: int = 1
     #: Daemon kills happen among the first this share of uploads: the last incarnation lives through the rest.
     daemon_chaos_share: float = 0.6
     torch_threads: int = 1
@@ -242,7 +245,8 @@ def _face_detector():
 
 def daemon_toml(plan: SoakPlan) -> str:
     return (f'preset = "{SOAK_PRESET}"\ntorch_threads = {plan.torch_threads}\n\n'
-            f'[presets.{SOAK_PRESET}]\nbase = "fast"\nsteps = {plan.steps}\n\n'
+            f'[presets.{SOAK_PRESET}]\nbase = "fast"\nsteps = {plan.steps}\n'
+            f"members_per_step = {plan.members_per_step}\n\n"
             "[limits]\ncache_megabytes = 0\n")
 
 
@@ -336,6 +340,7 @@ class Tab:
         self.page.goto(site_url)
         self.session = self.page.context.new_cdp_session(self.page)   # kept: the indicator is polled often
         self.upload: Upload | None = None
+        self._indicator_read = 0.0
         self.seen_hashes: set[str] = set()
 
     def begin(self, upload: Upload, path: Path) -> None:
@@ -359,6 +364,11 @@ class Tab:
             chooser.value.set_files(str(path))
 
     def blocked_message(self) -> str | None:
+        """The indicator's message when it says the upload is blocked (read at most every
+        INDICATOR_POLL_SECONDS), else None."""
+        if time.monotonic() - self._indicator_read < INDICATOR_POLL_SECONDS:
+            return None
+        self._indicator_read = time.monotonic()
         state, message = indicator_state(self.page, self.session)
         return message if state == "blocked" else None
 
@@ -498,7 +508,8 @@ def markdown(report: SoakReport) -> str:
     uploads = [u for u in report.uploads if u.index >= 0]
     lines = [f"{len(uploads)} uploads in {report.seconds / 60:.1f} min (plan {plan.uploads}, seed {plan.seed}, "
              f"{plan.tabs} tabs, bound {plan.bound_seconds:g} s, preset `{SOAK_PRESET}` = fast with {plan.steps} "
-             f"step(s), torch threads {plan.torch_threads}); load average {report.load_average}", "",
+             f"step(s) of {plan.members_per_step} member(s), torch threads {plan.torch_threads}); "
+             f"load average {report.load_average}", "",
              "| upload style | uploads | protected | blocked | blocked, no chaos in flight | originals at the site | "
              "not protected | stuck | median s delivered | max s delivered | max s to blocked |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
