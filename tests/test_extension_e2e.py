@@ -354,29 +354,18 @@ def test_with_the_site_switched_off_the_site_gets_the_original(extension, page, 
         popup.close()
 
 
-def daemon_connections(daemon: DaemonProcess) -> int:
-    """WebSocket clients the daemon has accepted so far (it logs each one)."""
-    return (daemon.config_dir / "daemon.log").read_text().count("client connected")
-
-
 def test_after_its_service_worker_stopped_the_extension_starts_it_and_reconnects(extension, daemon, page, site, photos,
                                                                                  face_check):
     """Chrome stops an idle service worker (and with it the daemon connection): the next upload
     starts the worker again, which connects to the daemon again."""
-    connections_before = daemon_connections(daemon)
-    stopped = extension.worker_targets(page)
+    connections_before = daemon.connections_logged()
+    stopped = extension.stop_service_worker(page)
     assert stopped, "the extension's service worker is not running"
-    session = page.context.new_cdp_session(page)
-    try:
-        for target in stopped:
-            session.send("Target.closeTarget", {"targetId": target})
-    finally:
-        session.detach()
     wait_until(lambda: not extension.worker_targets(page) & stopped, "the service worker to stop")
     page.set_input_files("#xhr-input", str(photos[11]))
     [upload] = site.wait_for_uploads("xhr", 1)
     assert_protected(face_check, photos[11].read_bytes(), upload.data)
-    assert daemon_connections(daemon) > connections_before, "the daemon saw no new connection"
+    assert daemon.connections_logged() > connections_before, "the daemon saw no new connection"
 
 
 def set_options(extension, *, port: int | None = None, token: str | None = None, policy: str | None = None,
