@@ -293,8 +293,8 @@ class ChaoticDaemon:
             self.sample()
 
     def kill(self, kind: str, restart: bool = True) -> None:
-        """Stop the current incarnation with SIGKILL or SIGTERM (once it has answered), then start
-        the next one without waiting for it."""
+        """Stop the current incarnation with SIGKILL or SIGTERM (waits until it has answered, if
+        it has not yet), then start the next one without waiting for it."""
         while not self.sample_if_new():
             time.sleep(0.2)
         self.sample()
@@ -470,7 +470,13 @@ def run_soak(plan: SoakPlan, faces_dir: Path, workdir: Path, log=print) -> SoakR
                         continue
                     upload = queue.pop(0)
                     tab.begin(upload, originals[upload.index].path)
-                    for event in schedule.get(upload.index, ()):
+                    for event in schedule.pop(upload.index, ()):
+                        if event.kind != "worker" and not daemon.sample_if_new():
+                            # the last kill's incarnation is not up yet: kill it once it is, not
+                            # now (waiting here would stall the look at the other tabs' uploads)
+                            event.upload += 1
+                            schedule.setdefault(event.upload, []).append(event)
+                            continue
                         time.sleep(event.delay)
                         if event.kind == "worker":
                             worker_stops.append(time.monotonic())
