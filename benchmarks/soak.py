@@ -468,15 +468,12 @@ def run_soak(plan: SoakPlan, faces_dir: Path, workdir: Path, log=print) -> SoakR
                     busy_styles = {t.upload.style for t in tabs if t.upload}
                     if tab.upload is not None or not queue or queue[0].style in busy_styles:
                         continue
+                    events = schedule.get(queue[0].index, ())
+                    if any(e.kind != "worker" for e in events) and not daemon.sample_if_new():
+                        continue   # its kill waits for the last kill's incarnation to answer (the loop goes on)
                     upload = queue.pop(0)
                     tab.begin(upload, originals[upload.index].path)
-                    for event in schedule.pop(upload.index, ()):
-                        if event.kind != "worker" and not daemon.sample_if_new():
-                            # the last kill's incarnation is not up yet: kill it once it is, not
-                            # now (waiting here would stall the look at the other tabs' uploads)
-                            event.upload += 1
-                            schedule.setdefault(event.upload, []).append(event)
-                            continue
+                    for event in events:
                         time.sleep(event.delay)
                         if event.kind == "worker":
                             worker_stops.append(time.monotonic())

@@ -14,7 +14,7 @@ from benchmarks.soak import SoakPlan, markdown, run_soak
 
 pytestmark = pytest.mark.slow
 
-SHORT_SOAK = SoakPlan(uploads=24, seed=22, sigkills=2, sigterms=2, worker_stops=3, tabs=3,
+SHORT_SOAK = SoakPlan(uploads=20, seed=22, sigkills=2, sigterms=2, worker_stops=3, tabs=3,
                       bound_seconds=60.0, time_limit_seconds=180.0, daemon_chaos_share=0.7)
 
 
