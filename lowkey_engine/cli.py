@@ -235,7 +235,12 @@ def _side_by_side(args: argparse.Namespace) -> int:
             continue
         comparisons.append(comparison)
         worst = max((f.delta_e_p95 for f in comparison.faces), default=float("nan"))
-        print(f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}")
+        line = f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}"
+        if any(f.warp_share for f in comparison.faces):          # geometry: its own budget, and the rest
+            additive = max(f.additive_delta_e_p95 for f in comparison.faces)
+            share = max(f.warp_share for f in comparison.faces)
+            line += f" (additive part after the warp: <= {additive:.2f}; warp <= {100 * share:.2f} % of face width)"
+        print(line)
     if comparisons and args.out:
         write_sheet(comparisons, args.preset, Path(args.out), args.amplify)
         print(f"wrote {args.out}")
