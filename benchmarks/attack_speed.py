@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lowkey_engine.protect import get_engine, protect
 from lowkey_engine.settings import ProtectSettings
+from lowkey_weights.datasets import faces_dir
 
 HERE = Path(__file__).resolve().parent
 PORTRAIT = Path("photos-group") / "obama.jpg"
@@ -170,7 +171,7 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="time per stage with torch.profiler")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="FIELD=VALUE", help="override a setting for every preset")
-    parser.add_argument("--faces-dir", default=str(HERE.parent.parent / "shared" / "data" / "faces"))
+    parser.add_argument("--faces-dir", default=str(faces_dir()))
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
 

@@ -31,9 +31,10 @@ import aiohttp
 
 from lowkey_daemon.config import CHROMIUM_EXTENSION_ID
 from lowkey_daemon.protocol import decode_frame, encode_frame
+from lowkey_weights.datasets import faces_dir
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_FACES_DIR = HERE.parents[1] / "shared" / "data" / "faces"
+DEFAULT_FACES_DIR = faces_dir()
 ORIGIN = f"chrome-extension://{CHROMIUM_EXTENSION_ID}"
 BENCH_PRESET = "bench"
 #: Largest daemon header this client reads, bytes.

@@ -1,7 +1,7 @@
 """Each recognizer's operating point: the cosine at which 1 in 1,000 different-person pairs of clean
 photos match (false-match rate 1e-3), and how many same-person pairs still match there.
 
-    .venv/bin/python benchmarks/operating_points.py [--folder ../shared/data/faces/lfw-dev]
+    .venv/bin/python benchmarks/operating_points.py [--folder data/faces/lfw-dev]
         [--recognizers ID ...]
 
 Every photo of the folder (`<identity>/<photos>`), the central face found by our MTCNN, embedded by
@@ -29,6 +29,7 @@ from lowkey_engine.evaluation.observers import MtcnnObserver
 from lowkey_engine.evaluation.operating_points import CALIBRATION_FALSE_MATCH_RATE, DLIB_EUCLIDEAN_THRESHOLD
 from lowkey_engine.faces.paths import converted_path
 from lowkey_engine.faces.recognizers import SPECS
+from lowkey_weights.datasets import faces_dir
 
 HERE = Path(__file__).resolve().parent
 BATCH = 32
@@ -36,7 +37,7 @@ BATCH = 32
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--folder", default=str(HERE.parent.parent / "shared" / "data" / "faces" / "lfw-dev"))
+    parser.add_argument("--folder", default=str(faces_dir() / "lfw-dev"))
     parser.add_argument("--false-match-rate", type=float, default=CALIBRATION_FALSE_MATCH_RATE)
     parser.add_argument("--recognizers", nargs="+", metavar="ID", help="default: every fetched one")
     args = parser.parse_args()

@@ -3,7 +3,7 @@ faces per photo, peak memory.
 
     .venv/bin/python benchmarks/protect.py [--device cpu] [--presets fast standard] [--quick]
 
-Photos are built from one real portrait (../shared/data/faces/photos-group/obama.jpg): scaled to
+Photos are built from one real portrait (the fetched photos-group/obama.jpg): scaled to
 1, 12 and 48 megapixels (one face), and tiled 1, 4 and 16 times into a photo of about 2 megapixels
 (that many faces). Prints Markdown and writes benchmarks/results/protect-<device>.json. Run by hand
 on a quiet machine; never part of the test suite.
@@ -25,6 +25,7 @@ from PIL import Image
 
 from lowkey_engine.protect import get_engine, protect
 from lowkey_engine.settings import PRESETS, ProtectSettings
+from lowkey_weights.datasets import faces_dir
 
 HERE = Path(__file__).resolve().parent
 MEGAPIXELS = (1, 12, 48)
@@ -74,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
-    parser.add_argument("--faces-dir", default=str(HERE.parent.parent / "shared" / "data" / "faces"))
+    parser.add_argument("--faces-dir", default=str(faces_dir()))
     parser.add_argument("--quick", action="store_true", help="1 MP and 1-4 faces only")
     args = parser.parse_args()
 

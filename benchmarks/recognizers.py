@@ -1,6 +1,6 @@
 """Recognizer zoo benchmark: load time, CPU/CUDA forward+backward per face, LFW verification AUC.
 
-    .venv/bin/python benchmarks/recognizers.py [--device cpu] [--faces-dir ../shared/data/faces]
+    .venv/bin/python benchmarks/recognizers.py [--device cpu] [--faces-dir data/faces]
         [--models ID ...] [--identities 150] [--out PATH]
 
 Prints a Markdown table (the one in README.md) and writes benchmarks/results/recognizers-<device>.json
@@ -25,6 +25,7 @@ from lowkey_engine.evaluation.metrics import verification_auc
 from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, SPECS, load_recognizer
 from lowkey_weights.fetch import is_fetched
 from lowkey_weights.manifest import load_manifest
+from lowkey_weights.datasets import faces_dir
 
 HERE = Path(__file__).resolve().parent
 TIMING_BATCH = 8
@@ -77,7 +78,7 @@ def lfw_auc(model_id: str, device: str, faces) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--faces-dir", default=str(HERE.parent.parent / "shared" / "data" / "faces"))
+    parser.add_argument("--faces-dir", default=str(faces_dir()))
     parser.add_argument("--models", nargs="+", metavar="ID", help="recognizers to measure (default: every fetched one)")
     parser.add_argument("--identities", type=int, default=LFW_IDENTITIES, help="LFW identities (4 photos each)")
     parser.add_argument("--out", type=Path, help="where the JSON goes (default: benchmarks/results/)")

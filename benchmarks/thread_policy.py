@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from lowkey_weights.datasets import faces_dir
 
 HERE = Path(__file__).resolve().parent
 #: Environment variable telling the measured process to pick its threads before each photo.
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--photos", type=int, default=3)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    parser.add_argument("--faces-dir", default=str(HERE.parent.parent / "shared" / "data" / "faces"))
+    parser.add_argument("--faces-dir", default=str(faces_dir()))
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
 

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/visibility_curves.py [--subjects 30] [--preset fast] [--jobs 2]
 
 Each design is one way to spend the change; each point is one strength of it. A point is a
-`lowkey eval` on ../shared/data/faces/lfw-dev with the first `--subjects` identities protected and
-every other identity's clean gallery kept as a distractor (the full search), held-out
+`lowkey eval` on the fetched lfw-dev (`lowkey datasets fetch lfw-dev`) with the first `--subjects`
+identities protected and every other identity's clean gallery kept as a distractor (the full search), held-out
 `dlib-resnet` rank-1 after half-size + JPEG q75 against the face region's CIEDE2000 95th
 percentile. Protected photos are cached (~/.cache/lowkey/eval-protected), so a rerun only redraws.
 Writes benchmarks/results/visibility-curves.{json,md,png}; run by hand, never in the tests.
@@ -17,9 +17,10 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from lowkey_weights.datasets import faces_dir
 
 HERE = Path(__file__).resolve().parent
-LFW = HERE.parent.parent / "shared" / "data" / "faces" / "lfw-dev"
+LFW = faces_dir() / "lfw-dev"
 TRANSFORM = "half+jpeg75"
 HELD_OUT = "dlib-resnet"
 

@@ -10,7 +10,6 @@ orientation, ICC, palette with transparency, 16-bit grey, CMYK, lossy, lossless 
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -18,9 +17,6 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, ImageCms
 
-#: Where the face photos are: $LOWKEY_FACES_DIR, else ../shared/data/faces beside the checkout
-#: (the rule tests/conftest.py follows).
-FACES_DIR_ENV = "LOWKEY_FACES_DIR"
 #: Longest side of the pictures the seeds are made from, pixels.
 SEED_SIDE = 128
 #: Real files used as they are, or for their metadata (paths inside the faces folder).
@@ -64,9 +60,10 @@ class Seeds:
 
 
 def default_faces_dir() -> Path:
-    if os.environ.get(FACES_DIR_ENV):
-        return Path(os.environ[FACES_DIR_ENV])
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+    """The fetched photo sets (`lowkey datasets fetch`; data/faces in the checkout), as the tests use."""
+    from lowkey_weights.datasets import faces_dir
+
+    return faces_dir()
 
 
 def build_seeds(faces_dir: Path) -> Seeds:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh clone: the system programs the tests drive, a virtual environment with
-# torch and every package, the model files (fetched, verified, converted), then a sample photo
-# protected. Safe to run again: finished steps are skipped.
+# torch and every package, the model files (fetched, verified, converted), the test and evaluation
+# photos, then a sample photo protected. Safe to run again: finished steps are skipped.
 #
 # Environment knobs:
 #   PYTHON       interpreter to build the venv with (default: python3, must be >= 3.11)
@@ -9,6 +9,8 @@
 #   TORCH_SPEC   torch/torchvision to install (default below: the versions tests run on)
 #   LOWKEY_WEIGHTS_MIRROR  folder of mirrored upstream model files, used instead of downloading them
 #                (default: ../shared/weights beside the checkout, when it exists)
+#   LOWKEY_DATA_MIRROR  folder of mirrored upstream photo files (faces/<set>/...), used instead of
+#                downloading them (default: ../shared/data beside the checkout, when it exists)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,14 @@ TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 FACENET_SPEC="facenet-pytorch==2.6.0"   # pins torch<2.3 and Pillow<10.3: installed without its deps
 
 step() { printf '\n==> %s\n' "$*"; }
+# mirror_default VARIABLE FOLDER WHAT: unless VARIABLE is set, point it at FOLDER (a local mirror of
+# upstream files beside the checkout) when that exists, and say so.
+mirror_default() {
+    if [ -z "${!1:-}" ] && [ -d "$2" ]; then
+        export "$1=$(cd "$2" && pwd)"
+        echo "upstream $3 from the mirror ${!1}"
+    fi
+}
 
 "$PYTHON" - <<'PY' || { echo "LowKey needs Python 3.11 or newer (set PYTHON=...)" >&2; exit 1; }
 import sys; sys.exit(sys.version_info < (3, 11))
@@ -72,12 +82,14 @@ else
 fi
 
 step "model files"
-if [ -z "${LOWKEY_WEIGHTS_MIRROR:-}" ] && [ -d ../shared/weights ]; then
-    LOWKEY_WEIGHTS_MIRROR="$(cd ../shared/weights && pwd)"
-    export LOWKEY_WEIGHTS_MIRROR
-    echo "upstream model files from the mirror $LOWKEY_WEIGHTS_MIRROR"
-fi
+mirror_default LOWKEY_WEIGHTS_MIRROR ../shared/weights "model files"
 "$VENV/bin/lowkey" weights fetch
+
+step "test and evaluation photos"
+# The face photos the tests and `lowkey eval` use, from their public sources (weights/datasets.toml),
+# each verified by sha256, into data/faces/<set>/ (git-ignored). Files already there are kept.
+mirror_default LOWKEY_DATA_MIRROR ../shared/data "photo files"
+"$VENV/bin/lowkey" datasets fetch
 
 step "protecting a sample photo"
 "$VENV/bin/lowkey" protect weights/samples/sample1.jpg --out-dir out --preset fast

@@ -3,6 +3,8 @@
     lowkey protect PATH... [-o OUT | --out-dir DIR] [--preset P] [--device D]
     lowkey weights list                 what model files exist, where from, fetched or not
     lowkey weights fetch [IDS] [--force]
+    lowkey datasets list                face-photo sets for tests and eval, where from, fetched or not
+    lowkey datasets fetch [NAMES] [--dir DIR]   into DIR/<set>/<identity>/<image> (default data/faces)
     lowkey detect PHOTO...              faces found, with boxes
     lowkey eval FOLDER [--preset P...] [--limit N] [--real-dlib]   identification accuracy, clean vs protected
     lowkey side-by-side PHOTO... [--out SHEET.png] [--blind-dir DIR]   before | after | change, to look at
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 #: Suffix added to a protected photo's name when it is written beside its original.
@@ -35,18 +37,23 @@ def _weights_list(args: argparse.Namespace) -> int:
             state = "not fetched"
         sources = ", ".join(sorted({f.source for f in entry.files}))
         rows.append((entry.id, entry.role, state, "yes" if entry.default else "", sources))
-    header = ("id", "role", "state", "default", "source")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_table(("id", "role", "state", "default", "source"), rows)
     return 0
 
 
 def _weights_fetch(args: argparse.Namespace) -> int:
-    from lowkey_weights.fetch import FetchError, fetch
+    from lowkey_weights.fetch import fetch
+
+    return _report_fetch(lambda: fetch(args.ids, force=args.force))
+
+
+def _report_fetch(run: Callable[[], list[str]]) -> int:
+    """Exit status of a fetch step that returns the names it could not fetch: 0 all fetched,
+    1 some failed (each already logged), 2 the request itself was wrong (an unknown name)."""
+    from lowkey_weights.fetch import FetchError
 
     try:
-        failed = fetch(args.ids, force=args.force)
+        failed = run()
     except FetchError as exc:
         print(f"lowkey: {exc}", file=sys.stderr)
         return 2
@@ -54,6 +61,39 @@ def _weights_fetch(args: argparse.Namespace) -> int:
         print(f"lowkey: could not fetch: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _datasets_list(args: argparse.Namespace) -> int:
+    from lowkey_weights.datasets import DATA_MIRROR_ENV, faces_dir, is_fetched, load_datasets
+    from lowkey_weights.fetch import mirror_dir
+
+    root = Path(args.dir) if args.dir else faces_dir()
+    rows = []
+    for dataset in load_datasets().values():
+        if is_fetched(dataset, root):
+            state = "ready"
+        elif dataset.needs_internet or (mirror_dir(DATA_MIRROR_ENV) is None
+                                        and any(s.startswith("github:") for s in dataset.sources)):
+            state = "needs internet"
+        else:
+            state = "not fetched"
+        photos = str(len(dataset.files)) if dataset.files else "all"
+        rows.append((dataset.id, photos, state, "yes" if dataset.default else "", ", ".join(dataset.sources)))
+    print(f"photo folder: {root}")
+    _print_table(("set", "photos", "state", "default", "source"), rows)
+    return 0
+
+
+def _datasets_fetch(args: argparse.Namespace) -> int:
+    from lowkey_weights.datasets import fetch
+
+    return _report_fetch(lambda: fetch(args.names, Path(args.dir) if args.dir else None))
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -195,7 +235,12 @@ def _side_by_side(args: argparse.Namespace) -> int:
             continue
         comparisons.append(comparison)
         worst = max((f.delta_e_p95 for f in comparison.faces), default=float("nan"))
-        print(f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}")
+        line = f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}"
+        if any(f.warp_share for f in comparison.faces):          # geometry: its own budget, and the rest
+            additive = max(f.additive_delta_e_p95 for f in comparison.faces)
+            share = max(f.warp_share for f in comparison.faces)
+            line += f" (additive part after the warp: <= {additive:.2f}; warp <= {100 * share:.2f} % of face width)"
+        print(line)
     if comparisons and args.out:
         write_sheet(comparisons, args.preset, Path(args.out), args.amplify)
         print(f"wrote {args.out}")
@@ -233,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--force", action="store_true", help="convert again even if up to date")
     fetch.set_defaults(run=_weights_fetch)
 
+    datasets = commands.add_parser("datasets", help="face-photo sets for the tests and lowkey eval: list, fetch")
+    datasets_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    listing = datasets_commands.add_parser("list", help="every set in weights/datasets.toml")
+    fetch_set = datasets_commands.add_parser("fetch", help="fetch sets from their sources, every file verified")
+    fetch_set.add_argument("names", nargs="*", help="set names (default: every default set; `lfw` is the full LFW)")
+    for command in (listing, fetch_set):
+        command.add_argument("--dir", help="folder that holds the sets, DIR/<set>/ (default data/faces in the "
+                             "checkout, or $LOWKEY_DATA_DIR/faces)")
+    listing.set_defaults(run=_datasets_list)
+    fetch_set.set_defaults(run=_datasets_fetch)
+
     detect = commands.add_parser("detect", help="find faces in photos")
     detect.add_argument("photos", nargs="+")
     detect.add_argument("--device", default="cpu")
@@ -252,7 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_argument(sheet, "override a protection setting (as in lowkey eval; wins over --seed, --device)")
     sheet.set_defaults(run=_side_by_side)
 
-    evaluate = commands.add_parser("eval", help="identification accuracy with clean vs protected galleries")
+    from lowkey_weights.datasets import faces_dir
+
+    lfw_dev = faces_dir() / "lfw-dev"
+    evaluate = commands.add_parser(
+        "eval", help="identification accuracy with clean vs protected galleries",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"photos to measure on: `lowkey datasets fetch lfw-dev` puts LFW's dev set (212 people) in\n"
+               f"{lfw_dev}; `lowkey datasets fetch lfw` the whole LFW (needs the internet). For example:\n"
+               f"  lowkey eval {lfw_dev} --preset standard --protect-limit 30 --transforms none half+jpeg75")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
     return parser

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.profiler import record_function
 
 from .attack.lowkey import LowKeyAttack, ProgressCallback
-from .attack.crops import apply_changes, working_crops
+from .attack.crops import apply_changes, widths_in_crops, working_crops
 from .images.decode import decode_image
 from .faces.detect import FaceDetector, load_detector
 from .images.encode import encode_image, strip_metadata_only
@@ -35,7 +35,10 @@ class FaceResult:
     """One protected face: its box (x1, y1, x2, y2) in photo pixels, detector score, and how
     much its box changed (before output encoding): PSNR in dB, SSIM in [-1, 1], and the CIEDE2000
     colour difference per pixel, mean and 95th percentile (about 2.3 is just noticeable), and its
-    shading: RMS of the blurred change in 8-bit levels (perceptual.region_quality)."""
+    shading: RMS of the blurred change in 8-bit levels (perceptual.region_quality). With a warp
+    (`warp_face_share`), `warp_share` is its longest displacement as a share of the face's width
+    and `additive_delta_e*` the CIEDE2000 of the additive part alone: the protected box against
+    the warped clean one (without a warp, the same as delta_e*)."""
 
     box: tuple[float, float, float, float]
     score: float
@@ -44,6 +47,9 @@ class FaceResult:
     delta_e: float = float("nan")
     delta_e_p95: float = float("nan")
     shading: float = float("nan")
+    warp_share: float = 0.0
+    additive_delta_e: float = float("nan")
+    additive_delta_e_p95: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -114,20 +120,26 @@ class ProtectionEngine:
                 feather=settings.feather)
         attack = LowKeyAttack.from_settings(settings, self.recognizers, working_face_px)
         with record_function("protect:attack"):
-            change = attack(crops, crop_landmarks, masks, progress=report)
+            outcome = attack.run(crops, crop_landmarks, masks, progress=report,
+                                 face_widths=widths_in_crops(boxes, windows, working_size))
         with record_function("protect:paste"):
-            protected = apply_changes(pixels, windows, change)
+            protected = apply_changes(pixels, windows, outcome.change)
+            # the clean photo warped: what the additive part is measured against
+            warped = pixels if outcome.displacement is None else apply_changes(pixels, windows, outcome.warp_change)
+            shares = outcome.largest_displacement_share()
+            shares = [0.0] * len(faces) if shares is None else shares.tolist()
         report("encode", 0, 1)
         with record_function("protect:encode"):
             encoded = encode_image(protected.cpu(), decoded, jpeg_quality=settings.jpeg_output_quality)
         with record_function("protect:measure change"):
-            results = tuple(_face_result(face, pixels, protected) for face in faces)
+            results = tuple(_face_result(face, pixels, protected, warped, share) for face, share in zip(faces, shares))
         return Protected(encoded.data, encoded.mime, encoded.format, width, height, results,
                          time.perf_counter() - started, str(self.device), settings.preset,
                          photo_psnr=float(psnr(protected[None], pixels[None])[0]))
 
 
-def _face_result(face, original: torch.Tensor, protected: torch.Tensor) -> FaceResult:
+def _face_result(face, original: torch.Tensor, protected: torch.Tensor, warped: torch.Tensor,
+                 warp_share: float) -> FaceResult:
     _, height, width = original.shape
     x1, y1, x2, y2 = (float(v) for v in face.box)
     left, top = max(0, int(x1)), max(0, int(y1))
@@ -136,7 +148,10 @@ def _face_result(face, original: torch.Tensor, protected: torch.Tensor) -> FaceR
     b = protected[None, :, top:bottom, left:right]
     if a.numel() == 0:                         # a box with no whole pixel inside the photo
         return FaceResult((x1, y1, x2, y2), float(face.score), float("nan"), float("nan"))
-    return FaceResult((x1, y1, x2, y2), float(face.score), **region_quality(a, b))
+    quality = region_quality(a, b)
+    additive = quality if warped is original else region_quality(warped[None, :, top:bottom, left:right], b)
+    return FaceResult((x1, y1, x2, y2), float(face.score), **quality, warp_share=warp_share,
+                      additive_delta_e=additive["delta_e"], additive_delta_e_p95=additive["delta_e_p95"])
 
 
 _ENGINES: dict[tuple[str, tuple[str, ...], int], ProtectionEngine] = {}

@@ -43,6 +43,11 @@ class ProtectSettings:
     warp_px: float = 0.0                      # a smooth warp of the face beside the additive change: its
     warp_grid: int = 8                        # largest displacement (pixels of a `working_face_px` face;
                                               # 0 = none) and control points per crop side (attack/warp.py)
+    # --- geometry: a landmark-guided warp beside the additive change, with its own budget (attack/
+    # warp.py GuidedWarp, face_parts.py): the nose, mouth and cheeks move, eyes, brows and the face's
+    # outline hold still; the additive change's budget and penalties are measured after the warp.
+    warp_face_share: float = 0.0              # longest displacement, share of the face's width (0.01 =
+                                              # 1 %); 0 = none. Uses warp_grid; excludes warp_px
     member_focus: float | None = None         # None: the members' distances are averaged; a temperature
                                               # (squared-distance units, 0-8): their soft minimum, so the
                                               # members that still recognize the face weigh most

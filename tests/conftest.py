@@ -9,17 +9,23 @@ from pathlib import Path
 import pytest
 
 from lowkey_engine.evaluation.datasets import SubjectFaces, detect_subjects, labelled_photos
+from lowkey_weights.datasets import DATA_MIRROR_ENV, is_fetched, load_datasets
+from lowkey_weights.datasets import faces_dir as fetched_faces_dir
 from lowkey_weights.fetch import MIRROR_ENV, mirror_dir
 
-#: The face photos live beside the checkout (../shared/data/faces), never inside it.
-FACES_DIR = Path(os.environ.get("LOWKEY_FACES_DIR",
-                                Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+#: Local mirrors of the upstream model files and photos beside the checkout (../shared/weights,
+#: ../shared/data), standing in for the internet: the fetch steps read them through
+#: $LOWKEY_WEIGHTS_MIRROR and $LOWKEY_DATA_MIRROR, which the tests point there (as install/setup.sh
+#: does) unless they are set. The tests themselves read photos only from the fetched folder.
+_BESIDE_THE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_WEIGHTS_MIRROR = _BESIDE_THE_CHECKOUT / "weights"
+DEFAULT_DATA_MIRROR = _BESIDE_THE_CHECKOUT / "data"
+for _variable, _default in ((MIRROR_ENV, DEFAULT_WEIGHTS_MIRROR), (DATA_MIRROR_ENV, DEFAULT_DATA_MIRROR)):
+    if not os.environ.get(_variable) and _default.is_dir():
+        os.environ[_variable] = str(_default)
 
-#: Upstream model files mirrored beside the checkout (../shared/weights): the fetch step reads them
-#: through $LOWKEY_WEIGHTS_MIRROR, which the tests point there (as install/setup.sh does) unless set.
-DEFAULT_WEIGHTS_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "weights"
-if not os.environ.get(MIRROR_ENV) and DEFAULT_WEIGHTS_MIRROR.is_dir():
-    os.environ[MIRROR_ENV] = str(DEFAULT_WEIGHTS_MIRROR)
+#: The command that fetches the photos (setup runs it).
+FETCH_PHOTOS = "./install/setup.sh (or `.venv/bin/lowkey datasets fetch`)"
 
 #: LFW subset for verification: identities with at least this many photos, this many each.
 LFW_PHOTOS_PER_IDENTITY = 4
@@ -28,9 +34,22 @@ LFW_IDENTITIES = 150
 
 @pytest.fixture(scope="session")
 def faces_dir() -> Path:
-    if not FACES_DIR.is_dir():
-        pytest.fail(f"face photos not found at {FACES_DIR} (set LOWKEY_FACES_DIR)")
-    return FACES_DIR
+    """The fetched photo sets (data/faces in the checkout, or $LOWKEY_DATA_DIR/faces): every default
+    set of weights/datasets.toml, fetched completely, each file verified by its sha256."""
+    root = fetched_faces_dir()
+    missing = [s.id for s in load_datasets().values() if s.default and not is_fetched(s, root)]
+    if missing:
+        pytest.fail(f"face photos {', '.join(missing)} are not fetched into {root}: run {FETCH_PHOTOS}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_mirror() -> Path:
+    """The mirror folder of the photos' upstream files ($LOWKEY_DATA_MIRROR)."""
+    mirror = mirror_dir(DATA_MIRROR_ENV)
+    if mirror is None or not mirror.is_dir():
+        pytest.fail(f"photo mirror not found at {mirror or DEFAULT_DATA_MIRROR} (set {DATA_MIRROR_ENV})")
+    return mirror
 
 
 @pytest.fixture(scope="session")

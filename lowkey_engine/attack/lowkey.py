@@ -20,11 +20,17 @@ Beyond the paper, for transfer to recognizers it never saw and robustness to upl
 - `members_per_step` < the ensemble's size: each step attacks a random subset of the members (a
   stochastic ensemble: the cost of a few members, the diversity of all);
 - `warp_px` > 0: beside the additive change, a smooth sub-pixel warp of the face (warp.py);
+- `warp_face_share` > 0: geometry with its own budget instead, a warp of the nose, mouth and
+  cheeks by at most that share of the face's width that holds the eyes, brows and outline still
+  (warp.GuidedWarp, face_parts.py).
+With a warp, the additive change's budget and penalties are measured against the *warped* clean
+face (the change added after the warp), so the geometry is paid for by its own budget only.
 - `diversity`: a random transform of the aligned faces each surrogate sees (diversity.py: resize
   and pad, block shuffle, per-block transforms), for transfer to recognizers never attacked.
 
     attack = LowKeyAttack(recognizers, steps=60)
     change = attack(crops, landmarks, mask)          # protected = crops + change, in [0, 1]
+    parts = attack.run(crops, landmarks, mask, face_widths=widths)   # the warp and additive parts
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from ..faces.recognizers import Recognizer
 from ..settings import ProtectSettings
 from .diversity import InputDiversity
 from .transforms import downscale_and_back, gaussian_blur, jpeg_approx
-from .warp import SmoothWarp
+from .warp import GuidedWarp, SmoothWarp, largest_displacement_share
 
 #: progress(stage, done, total)
 ProgressCallback = Callable[[str, int, int], None]
@@ -100,6 +106,7 @@ class LowKeyAttack:
     member_focus: float | None = _DEFAULTS.member_focus
     smooth_every_view: bool = _DEFAULTS.smooth_every_view
     warp_px: float = _DEFAULTS.warp_px
+    warp_face_share: float = _DEFAULTS.warp_face_share
     warp_grid: int = _DEFAULTS.warp_grid
     diversity: str = _DEFAULTS.diversity
     diversity_probability: float = _DEFAULTS.diversity_probability
@@ -117,7 +124,10 @@ class LowKeyAttack:
         self.recognizers = list(self.recognizers)
         self.budget = PerceptualBudget(self.epsilon, self.colour, self.texture_floor, self.texture_reference,
                                        self.delta_e_cap)
-        self.warp = SmoothWarp(self.warp_px, self.warp_grid)
+        if self.warp_px > 0 and self.warp_face_share > 0:
+            raise ValueError("warp_px and warp_face_share are two kinds of warp: set at most one")
+        self.warp = (GuidedWarp(grid=self.warp_grid, face_share=self.warp_face_share) if self.warp_face_share > 0
+                     else SmoothWarp(grid=self.warp_grid, max_px=self.warp_px))
         self.input_diversity = InputDiversity(self.diversity, self.diversity_probability)
 
     @classmethod
@@ -217,14 +227,19 @@ class LowKeyAttack:
         return centre + scale * rotated + self.shift_px * uniform(1, 2)
 
     def __call__(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
-                 progress: ProgressCallback | None = None) -> Tensor:
-        """The change to add to each crop.
+                 progress: ProgressCallback | None = None, face_widths: Tensor | None = None) -> Tensor:
+        """The change to add to each crop: `run(...).change`."""
+        return self.run(crops, landmarks, mask, progress, face_widths).change
+
+    def run(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
+            progress: ProgressCallback | None = None, face_widths: Tensor | None = None) -> "AttackResult":
+        """The change to add to each crop, and its parts.
 
         crops: (N, 3, S, S) RGB in [0, 1]; landmarks: (N, 5, 2) in crop pixels; mask: (N, 1, S, S)
-        in [0, 1], how much of the change reaches each pixel (feathering); None = everywhere.
-        Returns (N, 3, S, S) RGB, already faded by `mask`, with crops + change inside [0, 1]: the
-        additive part within the budget (|change| <= epsilon, and within the ΔE2000 cap when
-        there is one), plus the smooth warp's displacement of the face when `warp_px` > 0.
+        in [0, 1], how much of the change reaches each pixel (feathering); None = everywhere;
+        face_widths: (N,) each face's width in crop pixels (needed by `warp_face_share`).
+        The additive part stays within the budget (|change| <= epsilon, and within the ΔE2000
+        cap when there is one) measured against the warped clean crop when there is a warp.
         """
         generator = torch.Generator().manual_seed(self.seed)
         crops = crops.detach()
@@ -233,6 +248,7 @@ class LowKeyAttack:
         with torch.no_grad(), record_function("lowkey:clean embeddings"):
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
             limits = budget.limits(crops)
+            reach = warp.reach(landmarks, mask, face_widths) if warp.enabled else None
         shape = (crops.shape[0], budget.channels, *crops.shape[-2:])
         start = (torch.rand(shape, generator=generator) * 2 - 1) * self.random_start
         change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits)
@@ -241,14 +257,16 @@ class LowKeyAttack:
         for step in range(self.steps):
             change.requires_grad_(True)
             field.requires_grad_(warp.enabled)
-            protected, applied = self._protected(crops, change, field, mask)
+            base = warp.apply(crops, field, reach) if warp.enabled else crops
+            reference = base.detach()              # what the additive part is measured against
+            protected, applied = self._protected(base, change, mask)
             members = self._members(generator)
             with record_function("lowkey:upload pipeline and alignment draws"):
                 views = torch.cat([self._view(protected, generator) for _ in range(self.views)])
                 jittered = torch.cat([self._jitter_landmarks(landmarks, generator) for _ in range(self.views)])
             distance = self._embedding_distance(views, jittered, clean, members, generator)
             with record_function("lowkey:penalties"):
-                penalty = self.penalty_weight * (1 - ssim(protected, crops, weight=mask))
+                penalty = self.penalty_weight * (1 - ssim(reference + applied, reference, weight=mask))
                 if self.shading_weight:
                     penalty = penalty + self.shading_weight * shading_energy(applied, mask, self.shading_sigma)
             objective = (distance - penalty).sum()
@@ -257,25 +275,60 @@ class LowKeyAttack:
             with torch.no_grad(), record_function("lowkey:step and projection"):
                 share = self.step_size_at(step) / self.step_size
                 velocity = self._momentum(velocity, gradients[0])
-                change = budget.project(change + share * self.step_size * velocity.sign(), crops, mask, limits)
+                if warp.enabled:
+                    limits = budget.limits(reference)
+                change = budget.project(change + share * self.step_size * velocity.sign(), reference, mask, limits)
                 if warp.enabled:
                     field_velocity = self._momentum(field_velocity, gradients[1])
-                    field = warp.project(field + share * WARP_STEP_SHARE * self.warp_px * field_velocity.sign())
+                    field = warp.project(field + share * WARP_STEP_SHARE * warp.step_unit * field_velocity.sign())
             if progress:
                 progress("attack", step + 1, self.steps)
         with torch.no_grad():
-            protected, applied = self._protected(crops, change.detach(), field.detach(), mask)
-        return (protected - crops if warp.enabled else applied).contiguous()
+            if not warp.enabled:
+                protected, applied = self._protected(crops, change.detach(), mask)
+                return AttackResult(applied.contiguous(), applied.contiguous())
+            # the last step moved the warp: the additive part projected once more, onto its final base
+            displacement = warp.displacement(field.detach(), reach)
+            base = warp.apply(crops, field.detach(), reach)
+            change = budget.project(change.detach(), base, mask, budget.limits(base))
+            protected, applied = self._protected(base, change, mask)
+            return AttackResult((protected - crops).contiguous(), applied.contiguous(), displacement, face_widths)
 
-    def _protected(self, crops: Tensor, change: Tensor, field: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """The protected crops in [0, 1] (the warped face plus the additive change), and the
-        additive part alone, faded by `mask`."""
+    def _protected(self, base: Tensor, change: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The protected crops in [0, 1]: `base` (the clean crops, warped when there is a warp)
+        plus the additive change; and the additive part alone, faded by `mask`."""
         applied = mask * self.budget.to_rgb(change)
         if not self.warp.enabled:
-            return crops + applied, applied
-        return (self.warp.apply(crops, field, mask) + applied).clamp(0, 1), applied
+            return base + applied, applied
+        return (base + applied).clamp(0, 1), applied
 
     def _momentum(self, velocity: Tensor, gradient: Tensor) -> Tensor:
         """MI-FGSM: accumulate the gradient normalised per face (mean |g| = 1)."""
         scale = gradient.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (gradient.dim() - 1)))
         return self.momentum * velocity + gradient / scale
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What the attack did to each crop: `change` (N, 3, S, S), the whole difference to add to the
+    clean crop (its warp and its additive part); `additive` (N, 3, S, S), the additive part alone,
+    added after the warp (equal to `change` without one); `displacement` (N, 2, S, S), the warp's
+    per-pixel displacement in crop pixels, None without a warp; `face_widths` (N,), crop pixels,
+    as given to the attack."""
+
+    change: Tensor
+    additive: Tensor
+    displacement: Tensor | None = None
+    face_widths: Tensor | None = None
+
+    @property
+    def warp_change(self) -> Tensor:
+        """What the warp alone does to the clean crop: warped clean crop = crop + this."""
+        return self.change - self.additive
+
+    def largest_displacement_share(self) -> Tensor | None:
+        """Per face (N,): the warp's longest displacement as a share of the face's width; None
+        without a warp or without face widths."""
+        if self.displacement is None or self.face_widths is None:
+            return None
+        return largest_displacement_share(self.displacement, self.face_widths)

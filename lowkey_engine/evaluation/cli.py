@@ -1,6 +1,6 @@
 """`lowkey eval`: arguments and the run (the protocol is in protocol.py, the files in report.py).
 
-    lowkey eval ../shared/data/faces/lfw-dev --preset fast --limit 20
+    lowkey datasets fetch lfw-dev && lowkey eval data/faces/lfw-dev --preset fast --limit 20
     lowkey eval FOLDER --preset fast --preset standard --gallery 2 --real-dlib --out eval-out
     lowkey eval FOLDER --preset fast --set steps=1 --transforms none jpeg75   # a quick smoke run
     lowkey eval FOLDER --preset fast --leave-one-out mfn-expo mfn-faceplugin face-reid-0095 mfn-casia
@@ -49,7 +49,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     from .protocol import DEFAULT_RECOGNIZERS, DEFAULT_TRANSFORMS
     from ..settings import PRESETS
 
-    parser.add_argument("folder", help="labelled photos: FOLDER/<identity>/<photos>")
+    parser.add_argument("folder", help="labelled photos: FOLDER/<identity>/<photos> (LFW's dev set: "
+                        "`lowkey datasets fetch lfw-dev`, then FOLDER is data/faces/lfw-dev)")
     parser.add_argument("--preset", dest="presets", action="append", choices=list(PRESETS),
                         help="preset to evaluate; repeat for several (default: fast)")
     add_override_argument(parser, "override a protection setting for every preset (e.g. steps=5)")

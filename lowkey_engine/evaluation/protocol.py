@@ -1,6 +1,6 @@
 """`lowkey eval`: does protection stop face identification? The LowKey paper's protocol, measured.
 
-    results = run_evaluation(EvalConfig(root="../shared/data/faces/lfw-dev", presets=("fast",), limit=20))
+    results = run_evaluation(EvalConfig(root="data/faces/lfw-dev", presets=("fast",), limit=20))
 
 Protocol (identification, Cherepanova et al. 2021, section 4):
 - The folder holds `<identity>/<photo>`. Per identity, `gallery` photos (chosen with the seed) form

@@ -52,11 +52,10 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 #: Intel face-reidentification-retail-0095's 128x128 input as Intel's demos align to it (Open Model
-#: Zoo's face_recognition_demo; the numbers are stated in the model mirror's README,
-#: ../shared/weights/README.md): the five ArcFace points of its 96x112 crop (the 112x112 template
-#: less its 8-pixel side margins), divided by (96, 112) and multiplied by 128, i.e. (40.39, 59.08),
-#: (87.38, 58.86), (64.03, 81.98), (44.73, 105.56), (83.64, 105.38) in OpenCV's pixel-index
-#: coordinates; here in continuous ones, like every template.
+#: Zoo's face_recognition_demo, as the model mirror's README states them): the five ArcFace points
+#: of its 96x112 crop (the 112x112 template less its 8-pixel side margins), divided by (96, 112)
+#: and multiplied by 128, i.e. (40.39, 59.08), (87.38, 58.86), (64.03, 81.98), (44.73, 105.56),
+#: (83.64, 105.38) in OpenCV's pixel-index coordinates; here in continuous ones, like every template.
 ARCFACE_CROP_96X112 = (96.0, 112.0)
 ARCFACE_96X112_MARGIN = (112.0 - ARCFACE_CROP_96X112[0]) / 2
 INTEL_REID_INPUT = 128
