@@ -67,9 +67,11 @@ _GREY_MODES = frozenset({"1", "L", "LA", "La", *_SIXTEEN_BIT_MODES})
 #: ICC header: the profile's data colour space, bytes 16-19 ("RGB ", "GRAY", "CMYK"...).
 _ICC_COLOUR_SPACE = slice(16, 20)
 
-#: What Pillow raises on malformed files (besides its own UnidentifiedImageError, an OSError).
+#: What Pillow raises on malformed files (besides its own UnidentifiedImageError, an OSError);
+#: RuntimeError is how Pillow's AVIF plugin and pillow-heif report libavif/libheif decode failures,
+#: TypeError how Pillow's TIFF reader reports a file without its dimension tags.
 _PILLOW_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
-                         KeyError)
+                         KeyError, RuntimeError, TypeError)
 
 ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, Image.Image]
 
