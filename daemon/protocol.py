@@ -220,10 +220,11 @@ def _no_payload(payload: bytes, kind: str) -> None:
 # --------------------------------------------------------------------------- daemon messages
 
 def welcome(device: str, presets: list[str], default_preset: str, limits: dict[str, int],
-            daemon_version: str) -> bytes:
+            daemon_version: str, formats: list[dict[str, Any]]) -> bytes:
+    """formats: the image formats the daemon protects (`lowkey_engine.images.formats.advertised`)."""
     return encode_frame({"type": "welcome", "version": PROTOCOL_VERSION, "device": device,
                          "presets": presets, "default_preset": default_preset, "limits": limits,
-                         "daemon_version": daemon_version})
+                         "daemon_version": daemon_version, "formats": formats})
 
 
 def progress(job_id: str, stage: str, done: int, total: int) -> bytes:
@@ -233,6 +234,7 @@ def progress(job_id: str, stage: str, done: int, total: int) -> bytes:
 
 def result(job_id: str, filename: str, mime: str, faces: int, stats: dict[str, Any],
            image: bytes) -> bytes:
+    """filename: the name sent, with an extension that names the returned image's format."""
     return encode_frame({"type": "result", "id": job_id, "filename": filename, "mime": mime,
                          "faces": faces, "stats": json_safe(stats)}, image)
 

@@ -18,6 +18,7 @@ from importlib import metadata
 
 from aiohttp import WSMessage, WSMsgType, hdrs, web
 
+from lowkey_engine.images import formats
 from lowkey_engine.protect import Protected
 
 from . import protocol
@@ -128,7 +129,7 @@ class Connection:
                 return
             self.send(protocol.welcome(self._scheduler.devices[0], list(self._config.presets),
                                        self._config.preset, self._config.limits.for_clients(),
-                                       daemon_version()))
+                                       daemon_version(), formats.advertised()))
             self._mark_active()
             while (message := await self._receive_until_idle()) is not None:
                 self._mark_active()
@@ -243,8 +244,8 @@ class Connection:
                  "photo_psnr": outcome.photo_psnr, "cached": cached,
                  "faces": [dataclasses.asdict(f) for f in outcome.faces],
                  **outcome.stats}
-        self.send(protocol.result(job.id, job.filename, outcome.mime, outcome.face_count, stats,
-                                  outcome.data))
+        self.send(protocol.result(job.id, formats.filename_for(job.filename, outcome.format),
+                                  outcome.mime, outcome.face_count, stats, outcome.data))
 
     def job_failed(self, job: Job, code: ErrorCode, message: str) -> None:
         self._mark_active()

@@ -44,7 +44,7 @@ export default [
     // Content scripts are classic scripts sharing one isolated world per frame (and bridge.js is
     // loaded as one by them): what one defines for the next is marked `/* exported */` there and
     // `/* global */` where it is used.
-    files: ["content/**/*.js", "shared/bridge.js"],
+    files: ["content/**/*.js", "shared/bridge.js", "shared/formats.js"],
     languageOptions: { sourceType: "script" },
   },
   {

@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pillow_heif
 from PIL import ExifTags, Image, ImageCms
 
 #: Longest side of the pictures the seeds are made from, pixels.
@@ -95,16 +96,27 @@ def build_seeds(faces_dir: Path) -> Seeds:
         "lossy.webp": encoded(_small(Image.open(faces_dir / WEBP_PHOTO)), "WEBP", quality=80),
         "lossless-alpha.webp": encoded(with_alpha, "WEBP", lossless=True),
         "exif-icc.webp": encoded(picture, "WEBP", exif=exif.tobytes(), icc_profile=icc),
+        "photo.heic": _heic(picture, exif.tobytes()),
+        "photo.avif": encoded(picture, "AVIF", quality=80, exif=exif.tobytes()),
+        "photo.gif": encoded(picture, "GIF"),
+        "photo.bmp": encoded(picture, "BMP"),
+        "alpha.tiff": encoded(with_alpha, "TIFF", compression="tiff_lzw"),
     }
     frames = [picture, picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)][:ANIMATION_FRAMES]
     refused = {
         "animated.webp": encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:]),
         "animated.png": encoded(frames[0], "PNG", save_all=True, append_images=frames[1:]),
-        "photo.gif": encoded(picture, "GIF"),
-        "photo.bmp": encoded(picture, "BMP"),
-        "photo.tiff": encoded(picture, "TIFF"),
+        "animated.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "pages.tiff": encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+        "photo.ico": encoded(picture, "ICO"),
     }
     return Seeds(photos, refused)
+
+
+def _heic(image: Image.Image, exif: bytes) -> bytes:
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=80, exif=exif)
+    return buffer.getvalue()
 
 
 def encoded(image: Image.Image, format_name: str, **options) -> bytes:

@@ -381,7 +381,7 @@ def _zipped(name: str, data: bytes) -> bytes:
 
 def wrong_type_files(seeds: Seeds) -> st.SearchStrategy[Case]:
     """Files that are not photos the decoder reads: text, random bytes, another format's magic
-    followed by random bytes, a zip holding a photo, GIF/BMP/TIFF and animated images. Each must
+    followed by random bytes, a zip holding a photo, animated and multi-page images, an icon. Each must
     be refused."""
     refuse = EXPECT_IMAGE_ERROR
     return st.one_of(

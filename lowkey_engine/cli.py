@@ -19,8 +19,13 @@ from pathlib import Path
 
 #: Suffix added to a protected photo's name when it is written beside its original.
 PROTECTED_SUFFIX = ".lowkey"
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
+
+
+def _photo_suffixes() -> frozenset[str]:
+    """Suffixes of the files a folder is searched for: those of every format LowKey protects."""
+    from .images.formats import protected_formats
+
+    return frozenset(f".{extension}" for f in protected_formats() for extension in f.extensions)
 
 
 def _weights_list(args: argparse.Namespace) -> int:
@@ -119,10 +124,11 @@ def _detect(args: argparse.Namespace) -> int:
 
 def _inputs(paths: list[str]) -> Iterator[tuple[Path, Path]]:
     """(photo, the folder it was found under or its own parent) for files and folders, recursively."""
+    suffixes = _photo_suffixes()
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for photo in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+            for photo in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                                 and not p.stem.endswith(PROTECTED_SUFFIX)):
                 yield photo, path
         else:
@@ -132,7 +138,9 @@ def _inputs(paths: list[str]) -> Iterator[tuple[Path, Path]]:
 def _output_path(photo: Path, base: Path, fmt: str, args: argparse.Namespace) -> Path:
     """Where the protected copy of `photo` goes; its extension follows the output format `fmt`
     (the input's suffix when not known yet)."""
-    extension = EXTENSIONS.get(fmt, photo.suffix)
+    from .images.formats import BY_NAME
+
+    extension = f".{BY_NAME[fmt].extension}" if fmt else photo.suffix
     if args.output:
         return Path(args.output)
     if args.out_dir:

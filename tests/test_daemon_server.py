@@ -26,6 +26,7 @@ from lowkey_daemon.config import CHROMIUM_EXTENSION_ID, load_config
 from lowkey_daemon.jobs import JobScheduler
 from lowkey_daemon.protocol import CloseCode, decode_frame, encode_frame
 from lowkey_daemon.server import SCHEDULER, build_app
+from lowkey_engine.images import formats
 from lowkey_engine.images.decode import decode_image
 from lowkey_engine.faces.detect import load_detector
 from lowkey_engine.faces.recognizers import DEFAULT_ENSEMBLE, load_recognizer
@@ -241,6 +242,34 @@ async def test_photo_without_faces_is_a_result_not_an_error(start_daemon, token_
     header, payload = await wire.answer("blank")
     assert header["type"] == "result" and header["faces"] == 0 and header["mime"] == "image/png"
     assert Image.open(io.BytesIO(payload)).size == (64, 48)
+
+
+async def test_formats_are_advertised_and_results_named_and_typed_for_their_bytes(start_daemon, token_file):
+    """The bytes decide: a PNG named .jpg comes back .png typed image/png, a GIF as PNG, a JPEG
+    named .dat as .jpg; an animated GIF is refused naming it. welcome lists what is protected."""
+    client = await start_daemon()
+    wire, welcome = await connect(client, token_file.read_text().strip())
+    assert welcome["formats"] == formats.advertised()
+    sky = Image.new("RGB", (64, 48), (120, 160, 200))
+
+    def saved(fmt: str, **options) -> bytes:
+        buffer = io.BytesIO()
+        sky.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    cases = [("me.jpg", saved("PNG"), "me.png", "image/png"),
+             ("wave.gif", saved("GIF"), "wave.png", "image/png"),
+             ("photo.dat", saved("JPEG"), "photo.jpg", "image/jpeg"),
+             ("scan.tif", saved("TIFF"), "scan.tif", "image/tiff")]
+    for index, (sent, data, named, mime) in enumerate(cases):
+        await wire.protect(f"f{index}", data, preset="routing", filename=sent)
+        header, payload = await wire.answer(f"f{index}")
+        assert (header["type"], header["filename"], header["mime"]) == ("result", named, mime), header
+        assert formats.sniff(payload).mime == mime
+    animated = saved("GIF", save_all=True, append_images=[Image.new("RGB", (64, 48), (200, 60, 30))])
+    await wire.protect("anim", animated, preset="routing", filename="wave.gif")
+    header, _ = await wire.answer("anim")
+    assert header["type"] == "error" and header["code"] == "bad_image" and "animated GIF" in header["message"]
 
 
 async def test_health_answers_without_secrets(start_daemon, token_file):

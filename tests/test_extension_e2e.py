@@ -272,17 +272,20 @@ def test_form_post_waits_for_protection(page, site, photos, face_check):
 
 
 def test_fetch_of_several_files_protects_only_the_images(page, site, photos, face_check, tmp_path):
+    """A text file passes untouched; a still GIF (no face) comes back as PNG, named for it."""
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
-    animation = tmp_path / "wave.gif"
-    Image.new("RGB", (8, 8), "red").save(animation)
-    chosen = [photos[1], notes, photos[2], animation]
+    still = tmp_path / "wave.gif"
+    Image.new("RGB", (8, 8), "red").save(still)
+    chosen = [photos[1], notes, photos[2], still]
     page.set_input_files("#fetch-input", [str(path) for path in chosen])
 
     screenshot_progress(page, site, "fetch", 4, "indicator.png")
     uploads = site.wait_for_uploads("fetch", 4)
-    assert [u.filename for u in uploads] == [path.name for path in chosen], "order or names changed"
-    assert uploads[1].data == notes.read_bytes() and uploads[3].data == animation.read_bytes()
+    assert [u.filename for u in uploads] == [photos[1].name, "notes.txt", photos[2].name, "wave.png"]
+    assert uploads[1].data == notes.read_bytes()
+    assert (uploads[3].content_type, uploads[3].data[:8]) == ("image/png", b"\x89PNG\r\n\x1a\n")
+    assert Image.open(io.BytesIO(uploads[3].data)).convert("RGB").getcolors() == [(64, (255, 0, 0))]
     for path, upload in ((photos[1], uploads[0]), (photos[2], uploads[2])):
         assert_protected(face_check, path.read_bytes(), upload.data)
     assert_page_never_saw(page, photos[1].read_bytes(), photos[2].read_bytes())
@@ -335,6 +338,108 @@ def test_a_photo_lowkey_produced_is_not_protected_again(page, site, photos, tmp_
     page.set_input_files("#xhr-input", str(again))
     [second] = site.wait_for_uploads("xhr", 1)
     assert second.data == first.data
+
+
+# -------------------------------------------------------- every image format, decided by its bytes
+
+def converted(photo: Path, fmt: str, **options) -> bytes:
+    """`photo` re-saved in `fmt` ("HEIC" through pillow-heif), with an EXIF artist to strip."""
+    import pillow_heif
+
+    image = Image.open(photo).convert("RGB")
+    exif = Image.Exif()
+    exif[0x013B] = "E2E-ARTIST-SECRET"   # Artist
+    buffer = io.BytesIO()
+    if fmt == "HEIC":
+        pillow_heif.from_pillow(image).save(buffer, quality=90, exif=exif.tobytes())
+    elif fmt == "BMP":
+        image.save(buffer, fmt)
+    else:
+        image.save(buffer, fmt, exif=exif.tobytes(), **options)
+    return buffer.getvalue()
+
+
+def test_heic_bmp_and_tiff_arrive_protected_in_kind_without_metadata(page, site, photos, face_check):
+    from lowkey_engine.images.formats import sniff
+
+    originals = [("IMG_0001.HEIC", "image/heif", converted(photos[11], "HEIC"), "HEIC", "image/heif"),
+                 ("scan.bmp", "image/bmp", converted(photos[0], "BMP"), "BMP", "image/bmp"),
+                 ("scan.tiff", "image/tiff", converted(photos[1], "TIFF"), "TIFF", "image/tiff")]
+    page.set_input_files("#fetch-input", [{"name": name, "mimeType": mime, "buffer": data}
+                                          for name, mime, data, _, _ in originals])
+    uploads = site.wait_for_uploads("fetch", len(originals), timeout=WAIT_SECONDS)
+    for (name, _, original, fmt, mime), upload in zip(originals, uploads):
+        assert (upload.filename, upload.content_type, sniff(upload.data).name) == (name, mime, fmt)
+        assert b"E2E-ARTIST-SECRET" not in upload.data
+        assert_protected(face_check, original, upload.data)
+    assert_page_never_saw(page, *(original for _, _, original, _, _ in originals))
+
+
+def test_a_jpeg_named_dat_with_no_type_arrives_protected_as_jpg(page, site, photos, face_check, tmp_path):
+    """Dropped from disk: the browser gives a .dat no type; the bytes say JPEG."""
+    disguised = tmp_path / "photo.dat"
+    disguised.write_bytes(converted(photos[3], "JPEG", quality=92))
+    box = page.locator("#drop-zone").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    drag = {"items": [], "files": [str(disguised)], "dragOperationsMask": 1}
+    session = page.context.new_cdp_session(page)
+    for kind in ("dragEnter", "dragOver", "drop"):
+        session.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": drag})
+    session.detach()
+    [upload] = site.wait_for_uploads("drop", 1)
+    assert (upload.filename, upload.content_type) == ("photo.jpg", "image/jpeg")
+    assert b"E2E-ARTIST-SECRET" not in upload.data
+    assert_protected(face_check, disguised.read_bytes(), upload.data)
+    assert_page_never_saw(page, disguised.read_bytes())
+
+
+def test_a_png_named_jpg_goes_out_named_and_typed_png(page, site, photos, face_check, tmp_path):
+    misnamed = tmp_path / "me.jpg"
+    misnamed.write_bytes(converted(photos[4], "PNG"))
+    page.set_input_files("#xhr-input", str(misnamed))
+    [upload] = site.wait_for_uploads("xhr", 1)
+    assert (upload.filename, upload.content_type, upload.data[:4]) == ("me.png", "image/png", b"\x89PNG")
+    assert_protected(face_check, misnamed.read_bytes(), upload.data)
+
+
+def test_an_animated_gif_is_stopped_and_the_page_says_why(page, site, photos, tmp_path):
+    animation = tmp_path / "party.gif"
+    frames = [Image.open(photos[5]).convert("RGB"), Image.open(photos[6]).convert("RGB")]
+    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    page.set_input_files("#xhr-input", str(animation))
+    wait_for_indicator(page, "Upload blocked", "animated GIF", "2 frames")
+    assert site.uploads() == []
+    assert page.locator("#xhr-input").evaluate("input => input.files.length") == 0
+    assert_page_never_saw_anything(page)
+
+
+def test_a_gif_for_an_input_that_takes_only_gifs_is_stopped_before_protection(page, site, tmp_path):
+    """A protected GIF comes back as PNG; an input whose accept refuses PNG is told so, not sent it."""
+    still = tmp_path / "sticker.gif"
+    Image.new("RGB", (8, 8), "blue").save(still)
+    page.evaluate("""() => {
+        const input = Object.assign(document.createElement("input"), { type: "file", id: "gif-only" });
+        input.accept = "image/gif";
+        document.body.append(input);
+    }""")
+    page.set_input_files("#gif-only", str(still))
+    wait_for_indicator(page, "Upload blocked", "This site takes only image/gif", "GIF comes back as PNG")
+    assert page.locator("#gif-only").evaluate("input => input.files.length") == 0
+    assert_page_never_saw_anything(page)
+
+
+def test_an_svg_is_stopped_naming_it_and_a_pdf_passes_untouched(page, site, tmp_path):
+    document = tmp_path / "report.pdf"
+    document.write_bytes(b"%PDF-1.7\n% not an image\n")
+    page.set_input_files("#xhr-input", str(document))
+    [upload] = site.wait_for_uploads("xhr", 1)
+    assert upload.data == document.read_bytes() and upload.filename == "report.pdf"
+    site.forget_uploads()
+    drawing = tmp_path / "logo.svg"
+    drawing.write_text("<svg xmlns='http://www.w3.org/2000/svg'><circle r='4'/></svg>")
+    page.set_input_files("#xhr-input", str(drawing))
+    wait_for_indicator(page, "Upload blocked", "SVG images cannot be protected")
+    assert site.uploads() == []
 
 
 # ------------------------------------------------------------------- switched off, and failures

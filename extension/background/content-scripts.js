@@ -8,7 +8,7 @@ import { matchPatterns } from "../shared/sites.js";
 const CONTENT_SCRIPTS = Object.freeze([
   {
     id: "lowkey-interception",
-    js: ["shared/bridge.js", "content/indicator.js", "content/protection.js", "content/interception.js"],
+    js: ["shared/bridge.js", "shared/formats.js", "content/indicator.js", "content/protection.js", "content/interception.js"],
   },
   { id: "lowkey-page-world", js: ["content/page-world.js"], world: "MAIN" },
 ]);

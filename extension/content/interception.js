@@ -52,7 +52,7 @@ function onFileInputEvent(event) {
   swallow(event);
   input.files = fileList([]);   // from now on the page reads an empty selection
   watchFileInput(input);
-  const delivery = protectSelection(files).then((result) => {
+  const delivery = protectSelection(files, input.accept).then((result) => {
     if (heldInputs.get(input) !== delivery) return false;   // a newer selection replaced this one
     heldInputs.delete(input);
     if (!result) return false;

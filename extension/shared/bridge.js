@@ -1,5 +1,6 @@
-// The contract between the content scripts and the service worker: port and message names, the
-// image types LowKey protects, and how image bytes travel (base64: runtime messaging is JSON-only).
+// The contract between the content scripts and the service worker: port and message names, and how
+// image bytes travel (base64: runtime messaging is JSON-only). Which files are images, and of what
+// format, is formats.js's job.
 //
 // A classic script, not a module, because content scripts cannot be modules: content scripts list it
 // first in their `js`, extension pages and the worker `import "../shared/bridge.js"` for its side
@@ -26,20 +27,6 @@ globalThis.LowKeyBridge = Object.freeze({
     UNCHANGED: "unchanged",   // reason: send the original (protection off, or LowKey made it)
     FAILED: "failed",         // code, message: the failure policy decides
   }),
-
-  /** MIME types the daemon reads and writes back in kind; any other file passes untouched. */
-  PROTECTABLE_TYPES: Object.freeze(["image/jpeg", "image/png", "image/webp"]),
-  /** File name extensions of those types, for files the system gave no type. */
-  PROTECTABLE_EXTENSIONS: Object.freeze({ jpg: "image/jpeg", jpeg: "image/jpeg", jfif: "image/jpeg",
-                                          png: "image/png", webp: "image/webp" }),
-
-  /** The MIME type LowKey would protect `file` as, or null when it passes untouched. */
-  protectableType(file) {
-    const type = (file.type || "").toLowerCase();
-    if (type) return this.PROTECTABLE_TYPES.includes(type) ? type : null;
-    const extension = /\.([a-z0-9]+)$/i.exec(file.name || "")?.[1]?.toLowerCase();
-    return this.PROTECTABLE_EXTENSIONS[extension] ?? null;
-  },
 
   bytesToBase64(bytes) {
     if (bytes.toBase64) return bytes.toBase64();

@@ -61,6 +61,7 @@ OPERATING_POINTS: dict[str, OperatingPoint] = {
     "mfn-expo": OperatingPoint("cosine", 0.4596, _CALIBRATED),            # 0.979
     "face-reid-0095": OperatingPoint("cosine", 0.3550, _CALIBRATED),      # 0.989
     "mfn-casia": OperatingPoint("cosine", 0.4363, _CALIBRATED),           # 0.911
+    "edgeface-xs": OperatingPoint("cosine", 0.2667, _CALIBRATED),         # 0.995
     "hse-faceres": OperatingPoint("cosine", 0.6140, _CALIBRATED),         # 0.873
     "hse-faceres-deep": OperatingPoint("cosine", 0.7603, _CALIBRATED),    # 0.495
 }

@@ -1,8 +1,8 @@
 """Byte-level structure of JPEG, PNG and WebP files, without decoding pixels.
 
 Three jobs that need the file's segments/chunks rather than its pixels:
-- `sniff_format`: name a file's format from its first bytes, including formats Pillow cannot
-  open (HEIC, AVIF, JPEG XL...), so refusals can say what the file was;
+- `sniff_format`: name a file's format from its first bytes (`formats`' table), so refusals can
+  say what the file was;
 - `check_complete`: refuse files that end before their end marker (JPEG EOI, PNG IEND, WebP RIFF
   size), whatever `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` says;
 - `strip_metadata`: rewrite a file without its metadata segments/chunks, keeping the compressed
@@ -25,68 +25,15 @@ from typing import Iterator
 
 from PIL import ExifTags, Image
 
+from . import formats
 from .errors import BadImageError, TruncatedImageError
 
 # ---------------------------------------------------------------- sniffing
 
-#: Leading bytes -> format name, for naming files in refusals. Checked in order.
-_MAGIC_PREFIXES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
-    (b"\xff\x0a", "JPEG XL"),
-    (b"8BPS", "PSD"),
-    (b"\x00\x00\x01\x00", "ICO"),
-    (b"%PDF", "PDF"),
-)
-
-#: ISO base media file format brands (the `ftyp` box) -> format name.
-_HEIF_BRANDS = {
-    b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
-    b"hevc": "HEIC", b"hevx": "HEIC", b"hevm": "HEIC", b"hevs": "HEIC",
-    b"avif": "AVIF", b"avis": "AVIF",
-}
-#: Generic HEIF brands: the file is HEIF, but the compatible brands may say HEIC or AVIF.
-_GENERIC_HEIF_BRANDS = (b"mif1", b"msf1", b"mif2")
-
-#: How far into a text-like file to look for an SVG root element.
-_SVG_SNIFF_BYTES = 1024
-
-
 def sniff_format(data: bytes) -> str | None:
-    """Format name from the first bytes ("JPEG", "PNG", "WEBP", "HEIC", "GIF"...), else None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[4:8] == b"ftyp":
-        return _sniff_heif(data)
-    for prefix, name in _MAGIC_PREFIXES:
-        if data.startswith(prefix):
-            return name
-    if b"<svg" in data[:_SVG_SNIFF_BYTES]:
-        return "SVG"
-    return None
-
-
-def _sniff_heif(data: bytes) -> str | None:
-    box_size = int.from_bytes(data[:4], "big")
-    major = data[8:12]
-    if major in _HEIF_BRANDS:
-        return _HEIF_BRANDS[major]
-    compatible = data[16:min(box_size, len(data))]
-    brands = [compatible[i:i + 4] for i in range(0, len(compatible) - 3, 4)]
-    for brand in brands:
-        if brand in _HEIF_BRANDS:
-            return _HEIF_BRANDS[brand]
-    if major in _GENERIC_HEIF_BRANDS or any(b in _GENERIC_HEIF_BRANDS for b in brands):
-        return "HEIF"
-    return None  # some other ISO-BMFF file (MP4, QuickTime...)
+    """Format name from the first bytes ("JPEG", "PNG", "WEBP", "HEIC", "GIF", "PDF"...), else
+    None: `formats.sniff_name`, the one table of magic numbers."""
+    return formats.sniff_name(data)
 
 
 # ---------------------------------------------------------------- JPEG
@@ -311,6 +258,9 @@ def _strip_webp(data: bytes, orientation: int) -> bytes:
 
 _STRUCTURE_WALKERS = {"JPEG": _jpeg_segments, "PNG": _png_chunks, "WEBP": _webp_chunks}
 _STRIPPERS = {"JPEG": _strip_jpeg, "PNG": _strip_png, "WEBP": _strip_webp}
+#: Formats whose structure is checked (`check_complete`) and rewritten without metadata
+#: (`strip_metadata`); the others are only ever re-encoded.
+STRUCTURED_FORMATS = frozenset(_STRUCTURE_WALKERS)
 
 
 def check_complete(data: bytes, format_name: str) -> None:

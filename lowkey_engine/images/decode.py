@@ -1,9 +1,12 @@
 """Decode stage: photo bytes (or a file, or a PIL image) -> upright RGB float pixels.
 
-Reads JPEG (including MPO: the primary image), PNG and WebP, the formats `encode` writes back.
-Everything else is refused with an `errors.ImageError` whose `code` is the daemon's error
-code and whose message names the problem: empty, too many bytes, too many pixels (checked from the
-header before any pixel is decoded), truncated, animated, unsupported format, not an image.
+Reads the formats `formats.protected_formats()` lists: JPEG (including MPO: the primary image),
+PNG, WebP, HEIC/HEIF (through pillow-heif, without registering it in Pillow), AVIF, BMP, TIFF and
+GIF, each with one frame; `encode` writes each back (GIF as PNG). The format is decided by the
+file's bytes, never by its name. Everything else is refused with an `errors.ImageError` whose
+`code` is the daemon's error code and whose message names the problem: empty, too many bytes,
+too many pixels (checked from the header before any pixel is decoded), truncated, animated,
+unsupported format, not an image.
 
 Pillow global state: nothing is changed. `ImageFile.LOAD_TRUNCATED_IMAGES` is left as it is and
 truncation is checked from the file's own structure (`containers.check_complete`) before
@@ -25,15 +28,24 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageCms, JpegImagePlugin, UnidentifiedImageError
 
-from . import containers, jpeg_tables
+from pillow_heif.as_plugin import HeifImageFile
+
+from . import containers, formats, jpeg_tables
 from .errors import (AnimatedImageError, BadImageError, ImageError, TooLargeError,
                            UnsupportedFormatError)
 
-#: Formats decoded (Pillow names); the encoder writes each of them back.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP")
+#: Formats decoded (`formats` names); the encoder writes each of them back (`ImageFormat.output`).
+SUPPORTED_FORMATS = tuple(f.name for f in formats.protected_formats())
 #: Pillow's name for multi-picture JPEGs (phones' depth maps, previews): read as JPEG, frame 0.
 _MPO_FORMAT = "MPO"
-MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+#: Pillow's format names that differ from LowKey's.
+_PILLOW_NAMES = {_MPO_FORMAT: "JPEG", "HEIF": "HEIC"}
+#: Formats Pillow opens itself (HEIC goes through pillow-heif's HeifImageFile).
+_PILLOW_OPENS = tuple(name for name in SUPPORTED_FORMATS if name != "HEIC")
+MIME_TYPES = {name: formats.BY_NAME[name].mime for name in SUPPORTED_FORMATS}
+#: Formats whose pixels are stored exactly (TIFF unless JPEG-compressed inside).
+_LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF", "GIF"})
+_TIFF_LOSSY_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg", "webp"})
 #: Format assumed for a PIL image made in memory (no `format`): lossless, keeps alpha.
 UNSAVED_IMAGE_FORMAT = "PNG"
 
@@ -55,9 +67,11 @@ _GREY_MODES = frozenset({"1", "L", "LA", "La", *_SIXTEEN_BIT_MODES})
 #: ICC header: the profile's data colour space, bytes 16-19 ("RGB ", "GRAY", "CMYK"...).
 _ICC_COLOUR_SPACE = slice(16, 20)
 
-#: What Pillow raises on malformed files (besides its own UnidentifiedImageError, an OSError).
+#: What Pillow raises on malformed files (besides its own UnidentifiedImageError, an OSError);
+#: RuntimeError is how Pillow's AVIF plugin and pillow-heif report libavif/libheif decode failures,
+#: TypeError how Pillow's TIFF reader reports a file without its dimension tags.
 _PILLOW_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
-                         KeyError)
+                         KeyError, RuntimeError, TypeError)
 
 ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, Image.Image]
 
@@ -68,15 +82,16 @@ class DecodedImage:
 
     pixels:  (3, H, W) float32 RGB in [0, 1], upright (EXIF orientation applied).
     alpha:   (1, H, W) float32 in [0, 1], upright, or None when the source has no transparency.
-    format:  "JPEG", "PNG" or "WEBP" (MPO counts as JPEG); mime: its MIME type.
+    format:  the source's format, one of SUPPORTED_FORMATS (MPO counts as JPEG); mime: its MIME type.
     icc_profile: the source's ICC profile when it describes these RGB pixels, else None (greyscale
              and CMYK profiles are dropped: the pixels are RGB, CMYK converted through it).
     exif:    the source's EXIF as read (privacy-relevant; encode writes none of it back).
     orientation: the EXIF orientation (1-8) that was applied to get upright pixels.
     source_mode: Pillow's mode before conversion ("RGB", "L", "P", "CMYK", "I;16"...).
-    bits_per_channel: precision the pixels carry: 16 for 16-bit greyscale PNGs, else 8 (Pillow
-             reads 16-bit RGB(A) PNGs as 8-bit).
-    lossless: the source was stored losslessly (PNG, lossless WebP).
+    bits_per_channel: precision the pixels carry: 16 for 16-bit greyscale PNGs and TIFFs, else 8
+             (Pillow reads 16-bit RGB(A) PNGs as 8-bit, pillow-heif 10-bit HEIC as 8-bit).
+    lossless: the source was stored losslessly (PNG, BMP, GIF, TIFF unless JPEG inside,
+             lossless WebP).
     dpi:     (x, y) dots per inch when the source states it, else None.
     source_bytes: the file as received (for lossless metadata stripping), None for PIL input.
     jpeg_quality: for a JPEG, the libjpeg quality its quantisation tables correspond to
@@ -121,12 +136,22 @@ def decode_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             return _decode_opened(source, None)
     data = _read_bytes(source, max_bytes)
     sniffed = containers.sniff_format(data)
-    if sniffed in SUPPORTED_FORMATS:  # before Pillow: name truncation as such, whatever its flag
+    if sniffed in containers.STRUCTURED_FORMATS:  # before Pillow: name truncation as such
         containers.check_complete(data, sniffed)
+    elif sniffed is not None and sniffed not in SUPPORTED_FORMATS:
+        raise _unsupported(sniffed)
     with _pillow_errors_as_image_errors(data):
-        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+        with _open(data, sniffed) as image:
             _check_header(image, max_pixels)
             return _decode_opened(image, data)
+
+
+def _open(data: bytes, sniffed: str | None) -> Image.Image:
+    """The file opened lazily (header read, no pixels): by pillow-heif for HEIC, else by Pillow
+    limited to the formats LowKey reads."""
+    if sniffed == "HEIC":
+        return HeifImageFile(io.BytesIO(data))
+    return Image.open(io.BytesIO(data), formats=_PILLOW_OPENS)
 
 
 @contextlib.contextmanager
@@ -184,11 +209,11 @@ def _damaged(data: bytes, error: Exception) -> BadImageError:
 
 
 def _format_name(image: Image.Image) -> str:
-    """The format encode will write: Pillow's name, MPO read as JPEG, UNSAVED_IMAGE_FORMAT for a
-    PIL image made in memory."""
-    if image.format == _MPO_FORMAT:
-        return "JPEG"
-    return image.format or UNSAVED_IMAGE_FORMAT
+    """The source's format as `formats` names it: Pillow's name, MPO read as JPEG, HEIF as HEIC,
+    UNSAVED_IMAGE_FORMAT for a PIL image made in memory."""
+    if not image.format:
+        return UNSAVED_IMAGE_FORMAT
+    return _PILLOW_NAMES.get(image.format, image.format)
 
 
 def _check_header(image: Image.Image, max_pixels: int) -> None:
@@ -203,9 +228,11 @@ def _check_header(image: Image.Image, max_pixels: int) -> None:
             f"the limit is {max_pixels / 1e6:.1f} MP")
     frames = getattr(image, "n_frames", 1)
     if frames > 1 and image.format != _MPO_FORMAT:
+        kind = {"TIFF": "multi-page TIFF", "HEIC": "multi-image HEIC"}.get(
+            format_name, f"animated {format_name}")
         raise AnimatedImageError(
-            f"animated {format_name} images ({frames} frames) are not supported: "
-            "only the first frame would be protected and the others dropped")
+            f"{kind} images ({frames} frames) are not supported: only the first frame would "
+            "be protected and the others dropped")
 
 
 def _decode_opened(image: Image.Image, data: bytes | None) -> DecodedImage:
@@ -236,7 +263,7 @@ def _decode_opened(image: Image.Image, data: bytes | None) -> DecodedImage:
         orientation=orientation,
         source_mode=image.mode,
         bits_per_channel=bits,
-        lossless=_is_lossless(format_name, data),
+        lossless=_is_lossless(image, format_name, data),
         dpi=_read_dpi(image),
         source_bytes=data,
         **_jpeg_encoding(image, format_name),
@@ -317,8 +344,10 @@ def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return array
 
 
-def _is_lossless(format_name: str, data: bytes | None) -> bool:
-    if format_name == "PNG":
+def _is_lossless(image: Image.Image, format_name: str, data: bytes | None) -> bool:
+    if format_name == "TIFF":
+        return image.info.get("compression") not in _TIFF_LOSSY_COMPRESSIONS
+    if format_name in _LOSSLESS_FORMATS:
         return True
     if format_name == "WEBP" and data is not None:
         return containers.webp_is_lossless(data)
