@@ -16,7 +16,6 @@ LOWKEY_UPDATE_SCREENSHOTS=1 they are also copied to docs/screenshots/ for the RE
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import posixpath
 import re
 import urllib.request
 import zipfile
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -38,12 +37,14 @@ import torch
 from PIL import Image
 from playwright.sync_api import expect
 
+from e2e_uploads import drop_files, paste_png
 from fake_social_site import FakeSocialSite
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-EXTENSION_SOURCE = REPO / "extension"
+#: The extension under test (another checkout's, to see a test fail on it).
+EXTENSION_SOURCE = Path(os.environ.get("LOWKEY_EXTENSION_SOURCE", REPO / "extension"))
 ARTIFACTS = REPO / "tests" / "artifacts"
 README_SCREENSHOTS = REPO / "docs" / "screenshots"
 #: Set to copy this run's screenshots over the README's (kept out of ordinary runs so a test run
@@ -154,11 +155,12 @@ class Browser:
             session.detach()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory, site) -> Browser:
+@contextmanager
+def launch_browser(tmp_path_factory, *, headless: bool = True, env: dict | None = None):
     """Chromium with a copy of extension/ whose manifest also grants the fake site's host: Chrome's
     permission prompt cannot be answered in automation, and a host already granted is not asked
-    for (the options page still asks for it, as it does for any site a person adds)."""
+    for (the options page still asks for it, as it does for any site a person adds). `env` is the
+    browser's environment (a headed one needs DISPLAY)."""
     if not CHROMIUM.exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set LOWKEY_CHROMIUM)")
     extension = tmp_path_factory.mktemp("extension") / "lowkey"
@@ -169,7 +171,7 @@ def browser(tmp_path_factory, site) -> Browser:
     profile = tmp_path_factory.mktemp("chromium-profile")
     with playwright_api.sync_playwright() as driver:
         context = driver.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True,
+            str(profile), executable_path=str(CHROMIUM), headless=headless, env=env,
             viewport={"width": 1000, "height": 760},
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -178,6 +180,12 @@ def browser(tmp_path_factory, site) -> Browser:
             yield Browser(context)
         finally:
             context.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, site) -> Browser:
+    with launch_browser(tmp_path_factory) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -485,13 +493,7 @@ def test_xhr_upload_sends_the_protected_photo(page, site, photos, face_check):
 
 
 def test_drop_zone_gets_the_protected_photo(page, site, photos, face_check):
-    box = page.locator("#drop-zone").bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    drag = {"items": [], "files": [str(photos[4])], "dragOperationsMask": 1}
-    session = page.context.new_cdp_session(page)
-    for kind in ("dragEnter", "dragOver", "drop"):
-        session.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": drag})
-    session.detach()
+    drop_files(page, "#drop-zone", photos[4])
     [upload] = site.wait_for_uploads("drop", 1)
     assert upload.filename == photos[4].name
     assert_protected(face_check, photos[4].read_bytes(), upload.data)
@@ -501,18 +503,10 @@ def test_drop_zone_gets_the_protected_photo(page, site, photos, face_check):
 
 def test_pasted_photo_is_protected(page, site, photos, face_check):
     """A real paste (Ctrl+V) of an image on the clipboard; browsers put images there as PNG."""
-    png = io.BytesIO()
-    Image.open(photos[5]).save(png, format="PNG")
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.url.rstrip("/"))
-    page.click("#paste-zone")
-    page.evaluate("""async (bytes) => {
-        const blob = new Blob([new Uint8Array(bytes)], { type: 'image/png' });
-        await navigator.clipboard.write([new ClipboardItem({ 'image/png': blob })]);
-    }""", list(png.getvalue()))
-    page.keyboard.press("Control+V")
+    png = paste_png(page, site.url, "#paste-zone", photos[5])
     [upload] = site.wait_for_uploads("paste", 1)
     assert upload.content_type == "image/png"
-    assert_protected(face_check, png.getvalue(), upload.data)
+    assert_protected(face_check, png, upload.data)
 
 
 def test_file_input_made_in_script_and_never_attached(page, site, photos, face_check):
