@@ -195,7 +195,9 @@ def _side_by_side(args: argparse.Namespace) -> int:
             continue
         comparisons.append(comparison)
         worst = max((f.delta_e_p95 for f in comparison.faces), default=float("nan"))
-        print(f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}")
+        lowest_ssim = min((f.ssim for f in comparison.faces), default=float("nan"))
+        print(f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}, "
+              f"face SSIM >= {lowest_ssim:.4f}")
     if comparisons and args.out:
         write_sheet(comparisons, args.preset, Path(args.out), args.amplify)
         print(f"wrote {args.out}")

@@ -206,11 +206,13 @@ class LowKeyAttack:
         return centre + scale * rotated + self.shift_px * uniform(1, 2)
 
     def __call__(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
-                 progress: ProgressCallback | None = None) -> Tensor:
+                 progress: ProgressCallback | None = None, budget_scale: Tensor | None = None) -> Tensor:
         """The change to add to each crop.
 
         crops: (N, 3, S, S) RGB in [0, 1]; landmarks: (N, 5, 2) in crop pixels; mask: (N, 1, S, S)
         in [0, 1], how much of the change reaches each pixel (feathering); None = everywhere.
+        budget_scale: (N, 1, S, S) >= 0, a budget map multiplying each pixel's limits (attack/jnd.py);
+        None = the uniform budget.
         Returns (N, 3, S, S) RGB, already faded by `mask`, with crops + change inside [0, 1]: the
         additive part within the budget (|change| <= epsilon, and within the ΔE2000 cap when
         there is one), plus the smooth warp's displacement of the face when `warp_px` > 0.
@@ -221,10 +223,11 @@ class LowKeyAttack:
         budget, warp = self.budget, self.warp
         with torch.no_grad(), record_function("lowkey:clean embeddings"):
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
-            limits = budget.limits(crops)
+            scale = None if budget_scale is None else budget_scale.detach().to(crops)
+            limits = budget.limits(crops, scale)
         shape = (crops.shape[0], budget.channels, *crops.shape[-2:])
         start = (torch.rand(shape, generator=generator) * 2 - 1) * self.random_start
-        change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits)
+        change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits, scale)
         field = warp.zeros(crops)
         velocity, field_velocity = torch.zeros_like(change), torch.zeros_like(field)
         for step in range(self.steps):
@@ -246,7 +249,8 @@ class LowKeyAttack:
             with torch.no_grad(), record_function("lowkey:step and projection"):
                 share = self.step_size_at(step) / self.step_size
                 velocity = self._momentum(velocity, gradients[0])
-                change = budget.project(change + share * self.step_size * velocity.sign(), crops, mask, limits)
+                change = budget.project(change + share * self.step_size * velocity.sign(), crops, mask, limits,
+                                        scale)
                 if warp.enabled:
                     field_velocity = self._momentum(field_velocity, gradients[1])
                     field = warp.project(field + share * WARP_STEP_SHARE * self.warp_px * field_velocity.sign())

@@ -151,6 +151,20 @@ class _Roi:
         return torch.stack([px, py, crop_points[:, 2] * scale], dim=1)
 
 
+def _roi_crop(photo: Tensor, roi: _Roi) -> Tensor:
+    """(1, 3, INPUT_SIZE, INPUT_SIZE): the ROI's crop, sampled from only the part of the photo the
+    rotated square can reach (zeros beyond the photo), so a big photo is not filtered whole."""
+    _, height, width = photo.shape
+    reach = roi.side * math.sqrt(0.5) + 2
+    x0, y0 = max(0, math.floor(roi.centre[0] - reach)), max(0, math.floor(roi.centre[1] - reach))
+    x1 = min(width, math.ceil(roi.centre[0] + reach))
+    y1 = min(height, math.ceil(roi.centre[1] + reach))
+    matrix = roi.to_crop()
+    matrix[:, 2] += matrix[:, :2] @ torch.tensor([float(x0), float(y0)])   # sub-image coordinates
+    part = photo[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+    return warp_faces(part[None], matrix[None].to(photo.device), INPUT_SIZE)
+
+
 def _angle(start: Tensor, end: Tensor) -> float:
     return math.atan2(float(end[1] - start[1]), float(end[0] - start[0]))
 
@@ -196,8 +210,7 @@ class FaceMesh(nn.Module):
         """The model on each ROI of `photo` (3, H, W): points (R, 468, 3) in photo pixels and face
         probabilities (R,)."""
         photo = photo.to(self.device, torch.float32)
-        matrices = torch.stack([roi.to_crop() for roi in rois]).to(self.device)
-        crops = warp_faces(photo[None].expand(len(rois), -1, -1, -1), matrices, INPUT_SIZE)
+        crops = torch.cat([_roi_crop(photo, roi) for roi in rois])
         out = self.net(crops).float().cpu()
         crop_points = out[:, :3 * POINT_COUNT].reshape(-1, POINT_COUNT, 3)
         points = torch.stack([roi.to_photo(p) for roi, p in zip(rois, crop_points)])
