@@ -11,8 +11,8 @@ Only the first subgraph is converted, only float32 weights or float16 weights be
 (MediaPipe's face mesh stores them so: they are folded into float32 constants here); an op without
 a rule below raises `UnsupportedTfliteError` naming it. A model with several outputs (the face mesh
 gives landmarks and a face score) becomes one graph output: each output flattened in TFLite's element
-order, concatenated along dimension 1, with `meta["outputs"]` naming each part and its size. The file is read with the `tflite` package (the flatbuffer
-schema in pure Python), at fetch time only.
+order, concatenated along dimension 1, with `meta["outputs"]` naming each part and its size. The
+file is read with the `tflite` package (the flatbuffer schema in pure Python), at fetch time only.
 """
 
 from __future__ import annotations
