@@ -355,7 +355,7 @@ class Tab:
         elif upload.style in ("fetch", "xhr"):
             page.set_input_files(f"#{upload.style}-input", str(path))
         elif upload.style == "drop":
-            drop_files(page, "#drop-zone", [str(path)])
+            drop_files(page, "#drop-zone", path)
         elif upload.style == "paste":
             paste_png(page, "#paste-zone", path.read_bytes())
         else:

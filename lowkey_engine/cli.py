@@ -243,7 +243,9 @@ def _side_by_side(args: argparse.Namespace) -> int:
             continue
         comparisons.append(comparison)
         worst = max((f.delta_e_p95 for f in comparison.faces), default=float("nan"))
-        line = f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}"
+        lowest_ssim = min((f.ssim for f in comparison.faces), default=float("nan"))
+        line = (f"{photo}: {len(comparison.faces)} face(s), face ΔE2000 p95 <= {worst:.2f}, "
+                f"face SSIM >= {lowest_ssim:.4f}")
         if any(f.warp_share for f in comparison.faces):          # geometry: its own budget, and the rest
             additive = max(f.additive_delta_e_p95 for f in comparison.faces)
             share = max(f.warp_share for f in comparison.faces)

@@ -22,8 +22,10 @@ from torch.profiler import record_function
 
 from .attack.lowkey import LowKeyAttack, ProgressCallback
 from .attack.crops import apply_changes, widths_in_crops, working_crops
+from .attack.jnd import BUDGET_MAPS, face_budget_maps
 from .images.decode import decode_image
 from .faces.detect import FaceDetector, load_detector
+from .faces.mesh import load_face_mesh
 from .images.encode import encode_image, strip_metadata_only
 from .attack.perceptual import psnr, region_quality
 from .faces.recognizers import Recognizer, load_recognizer
@@ -118,10 +120,11 @@ class ProtectionEngine:
             windows, crops, crop_landmarks, masks = working_crops(
                 pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
                 feather=settings.feather)
+            budget_scale, stats = self._budget_maps(pixels, faces, windows, working_size, settings)
         attack = LowKeyAttack.from_settings(settings, self.recognizers, working_face_px)
         with record_function("protect:attack"):
             outcome = attack.run(crops, crop_landmarks, masks, progress=report,
-                                 face_widths=widths_in_crops(boxes, windows, working_size))
+                                 face_widths=widths_in_crops(boxes, windows, working_size), budget_scale=budget_scale)
         with record_function("protect:paste"):
             protected = apply_changes(pixels, windows, outcome.change)
             # the clean photo warped: what the additive part is measured against
@@ -135,7 +138,20 @@ class ProtectionEngine:
             results = tuple(_face_result(face, pixels, protected, warped, share) for face, share in zip(faces, shares))
         return Protected(encoded.data, encoded.mime, encoded.format, width, height, results,
                          time.perf_counter() - started, str(self.device), settings.preset,
-                         photo_psnr=float(psnr(protected[None], pixels[None])[0]))
+                         photo_psnr=float(psnr(protected[None], pixels[None])[0]), stats=stats)
+
+    def _budget_maps(self, pixels: torch.Tensor, faces, windows, working_size: int, settings: ProtectSettings
+                     ) -> tuple[torch.Tensor | None, dict]:
+        """The attack's budget maps for `settings.budget_map` (None = uniform) and what was done:
+        stats `budget_map`, and for "jnd" `jnd_faces` (faces with a mesh fit, so a JND map) and
+        `jnd_fallback_faces` (no mesh fit: the uniform budget)."""
+        if settings.budget_map not in BUDGET_MAPS:
+            raise ValueError(f"budget_map must be one of {', '.join(BUDGET_MAPS)}, got {settings.budget_map!r}")
+        if settings.budget_map == "uniform":
+            return None, {"budget_map": "uniform"}
+        fits = load_face_mesh(self.device).fit(pixels, faces)
+        maps, meshed = face_budget_maps(pixels, faces, windows, working_size, fits, settings.jnd_normalise)
+        return maps, {"budget_map": "jnd", "jnd_faces": sum(meshed), "jnd_fallback_faces": len(meshed) - sum(meshed)}
 
 
 def _face_result(face, original: torch.Tensor, protected: torch.Tensor, warped: torch.Tensor,

@@ -55,6 +55,12 @@ class ProtectSettings:
     diversity: str = "none"                   # random transform of the aligned faces the surrogates see:
     diversity_probability: float = 0.5        # "none", "resize_pad", "block_shuffle", "structure"
                                               # (attack/diversity.py), each face with this chance a step
+    # --- the budget map (a just-noticeable-difference budget; attack/jnd.py)
+    budget_map: str = "uniform"               # "uniform": every pixel gets the budget above; "jnd": each
+                                              # pixel's share from the photo's own texture and luminance and
+                                              # the face mesh's regions (a face without a mesh fit: uniform)
+    jnd_normalise: str = "p95"                # "p95": the map's 95th percentile over the face box is 1 (the
+                                              # face ΔE2000 p95 stays comparable); "mean": its mean is 1
     # --- expectation over what social sites do to uploads (applied at random each step)
     robust: bool = True
     jpeg_quality: tuple[int, int] = (60, 90)

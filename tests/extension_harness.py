@@ -24,7 +24,8 @@ import playwright.sync_api as playwright_api
 from playwright.sync_api import expect
 
 REPO = Path(__file__).resolve().parents[1]
-EXTENSION_SOURCE = REPO / "extension"
+#: The extension under test (another checkout's, to see a test fail on it).
+EXTENSION_SOURCE = Path(os.environ.get("LOWKEY_EXTENSION_SOURCE", REPO / "extension"))
 CHROMIUM = Path(os.environ.get("LOWKEY_CHROMIUM", "/usr/bin/chromium"))
 
 #: Pinned by the "key" in extension/manifest.json; the daemon allows this origin by default.
@@ -203,13 +204,14 @@ def extension_copy(folder: Path) -> Path:
 
 
 @contextmanager
-def chromium_with_extension(extension: Path, profile: Path):
-    """Headless Debian Chromium with the unpacked `extension`, a fresh `profile`: yields a Browser."""
+def chromium_with_extension(extension: Path, profile: Path, *, headless: bool = True, env: dict | None = None):
+    """Debian Chromium with the unpacked `extension`, a fresh `profile`, headless unless asked (a
+    headed one needs DISPLAY in `env`, the browser's environment): yields a Browser."""
     if not CHROMIUM.exists():
         raise HarnessError(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set LOWKEY_CHROMIUM)")
     with playwright_api.sync_playwright() as driver:
         context = driver.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True,
+            str(profile), executable_path=str(CHROMIUM), headless=headless, env=env,
             viewport={"width": 1000, "height": 760},
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -243,11 +245,12 @@ def set_up_extension(browser: Browser, daemon: DaemonProcess, site_url: str, pre
     popup.close()
 
 
-def drop_files(page, selector: str, paths: list[str]) -> None:
-    """A real drop of files on the element (DevTools Input.dispatchDragEvent)."""
-    box = page.locator(selector).bounding_box()
+def drop_files(page, selector: str, *paths: Path | str) -> None:
+    """A real drop of files from outside the browser on the middle of the element (DevTools
+    Input.dispatchDragEvent)."""
+    box = page.locator(selector).first.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    drag = {"items": [], "files": paths, "dragOperationsMask": 1}
+    drag = {"items": [], "files": [str(path) for path in paths], "dragOperationsMask": 1}
     session = page.context.new_cdp_session(page)
     try:
         for kind in ("dragEnter", "dragOver", "drop"):

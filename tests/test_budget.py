@@ -3,6 +3,8 @@ changes, texture-following limits, the ΔE2000 cap, momentum and alignment jitte
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,114 @@ def test_alignment_jitter_stays_within_its_ranges():
     out = turning._jitter_landmarks(landmarks, torch.Generator().manual_seed(0))
     angle = torch.rad2deg(torch.atan2(out[:, 1, 1] - out[:, 0, 1], out[:, 1, 0] - out[:, 0, 0]))
     assert angle.abs().max() <= 10 + 1e-3 and angle.abs().max() > 8
+
+
+# --- the just-noticeable-difference budget map (jnd.py) on a real big face ---------------------------
+
+JND_WORKING_SIZE = 230
+#: A photos-deepface portrait with a big face (about 590 px wide), hair, brows and smooth skin.
+JND_PORTRAIT = Path("photos-deepface") / "person01" / "img1.jpg"
+
+
+@pytest.fixture(scope="module")
+def jnd_face(faces_dir):
+    """(working crop (1, 3, S, S), region masks, MTCNN box mask, budget map (1, 1, S, S), inputs to
+    face_budget_maps) for the portrait's face."""
+    from lowkey_engine.attack.crops import working_crops
+    from lowkey_engine.attack.jnd import box_mask, face_budget_maps
+    from lowkey_engine.attack.regions import region_masks
+    from lowkey_engine.faces.detect import load_detector
+    from lowkey_engine.faces.mesh import load_face_mesh
+    from lowkey_engine.images.decode import decode_image
+
+    pixels = decode_image((faces_dir / JND_PORTRAIT).read_bytes()).pixels
+    faces = load_detector("cpu").detect(pixels)[:1]
+    assert faces and faces[0].width > 400
+    fits = load_face_mesh("cpu").fit(pixels, faces)
+    boxes = torch.tensor([list(faces[0].box)])
+    landmarks = torch.tensor([faces[0].landmarks])
+    windows, crops, _, _ = working_crops(pixels, boxes, landmarks, margin=1.8, working_size=JND_WORKING_SIZE,
+                                         feather=0.15)
+    maps, meshed = face_budget_maps(pixels, faces, windows, JND_WORKING_SIZE, fits)
+    assert meshed == [True]
+    window = windows[0]
+    masks = region_masks(window.to_working(fits[0].xy, JND_WORKING_SIZE), (JND_WORKING_SIZE,) * 2)
+    box = box_mask(window.to_working(torch.tensor(faces[0].box).view(2, 2), JND_WORKING_SIZE), JND_WORKING_SIZE)
+    return crops, masks, box, maps, (pixels, faces, windows, fits)
+
+
+def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((values * mask).sum() / mask.sum())
+
+
+def test_jnd_map_gives_brows_and_hair_more_than_cheeks_and_the_frown_and_tired_zones_little(jnd_face):
+    _, masks, _, maps, _ = jnd_face
+    m = maps[0]
+    # cheeks: skin that is none of the named small regions
+    cheek = masks["skin"] * (1 - masks["nose"]) * (1 - masks["brow_furrow"]) * (1 - masks["under_eyes"]) \
+        * (1 - masks["lip_edge"]) * (1 - masks["hairline"])
+    cheek_mean = _mean_over(m, cheek)
+    # measured on this portrait: brows 1.66, hairline 1.74, brow furrow 0.20, under the eyes 0.55,
+    # eyes 0.83 times the cheeks' mean
+    assert _mean_over(m, masks["brows"]) > 1.4 * cheek_mean
+    assert _mean_over(m, masks["hairline"]) > 1.4 * cheek_mean
+    assert _mean_over(m, masks["brow_furrow"]) < 0.5 * _mean_over(m, masks["brows"])
+    assert _mean_over(m, masks["under_eyes"]) < 0.5 * _mean_over(m, masks["brows"])
+    assert _mean_over(m, masks["eyes"]) < _mean_over(m, masks["brows"])
+
+
+def test_jnd_map_normalisations_hold_over_the_face_box(jnd_face):
+    from lowkey_engine.attack.jnd import MAX_SCALE, NORMALISE_QUANTILE, face_budget_maps
+
+    _, _, box, maps, (pixels, faces, windows, fits) = jnd_face
+    inside = maps[0][box > 0.5]
+    assert abs(float(torch.quantile(inside, NORMALISE_QUANTILE)) - 1) < 1e-3
+    assert float(maps.max()) <= MAX_SCALE and float(maps.min()) >= 0
+    by_mean, _ = face_budget_maps(pixels, faces, windows, JND_WORKING_SIZE, fits, how="mean")
+    assert abs(float(by_mean[0][box > 0.5].mean()) - 1) < 0.02
+    with pytest.raises(ValueError, match="normalisation"):
+        face_budget_maps(pixels, faces, windows, JND_WORKING_SIZE, fits, how="median")
+
+
+def test_a_face_without_a_mesh_fit_keeps_the_uniform_budget(jnd_face):
+    from lowkey_engine.attack.jnd import face_budget_maps
+
+    _, _, _, _, (pixels, faces, windows, _) = jnd_face
+    maps, meshed = face_budget_maps(pixels, faces, windows, JND_WORKING_SIZE, [None])
+    assert meshed == [False] and torch.equal(maps, torch.ones(1, 1, JND_WORKING_SIZE, JND_WORKING_SIZE))
+
+
+@pytest.mark.parametrize("colour", ["luma", "rgb"])
+def test_the_budgeted_change_respects_the_map(jnd_face, colour):
+    crops, _, _, maps, _ = jnd_face
+    budget = PerceptualBudget(12 / 255, colour=colour, delta_e_cap=2.6)
+    uniform, scaled = budget.limits(crops), budget.limits(crops, maps)
+    torch.testing.assert_close(scaled[0], uniform[0] * maps)
+    mask = torch.ones_like(crops[:, :1])
+    generator = torch.Generator().manual_seed(1)
+    wild = torch.randn(1, budget.channels, *crops.shape[-2:], generator=generator).sign()   # +-1: far outside
+    change = budget.project(wild, crops, mask, scaled, maps)
+    darker, lighter = scaled
+    assert (change >= -darker - 1e-6).all() and (change <= lighter + 1e-6).all()
+    difference = delta_e2000(crops, crops + budget.to_rgb(change))[:, None]
+    # ΔE2000 is only nearly linear in the change: an RGB change is scaled onto the ball (twice),
+    # a luma change's limits are a probe step scaled linearly, which overshoots a little more where
+    # the map allows big steps (measured: at most 1.19x the scaled cap, 99.9 % of pixels within 1.07x)
+    worst = 1.25 if colour == "luma" else 1.1
+    assert (difference <= 2.6 * maps * worst + 0.05).all()
+    assert float(torch.quantile((difference / (2.6 * maps).clamp_min(1e-3)).flatten(), 0.999)) < 1.1
+    # and the map is spent: where it allows more, the change is larger
+    high, low = maps > 1.0, maps < 0.3
+    assert float(difference[high].mean()) > 3 * float(difference[low].mean())
+    with pytest.raises(ValueError, match="budget map"):
+        PerceptualBudget(None).limits(crops, maps)
+
+
+def test_the_attack_keeps_its_change_within_a_budget_map(synthetic_attack_inputs):
+    recognizer, crops, landmarks, mask = synthetic_attack_inputs
+    scale = torch.ones(2, 1, 112, 112)
+    scale[..., :56] = 0.25                      # left half: a quarter of the budget
+    attack = LowKeyAttack([recognizer], steps=3, step_size=0.01, epsilon=0.02, penalty_weight=0.0, colour="luma")
+    change = attack(crops, landmarks, mask, budget_scale=scale)
+    assert change[..., :56].abs().max() <= 0.005 + 1e-6
+    assert change[..., 56:].abs().max() > 0.01

@@ -113,6 +113,10 @@ def test_broadcast_constants_follow_the_layout_change(constant_shape):
 
 # --- whole-model conversion of a tiny hand-written .tflite file ----------------------------------
 
+#: numpy dtype name -> TFLite tensor type, for the tensors TinyTfliteWriter stores.
+_TENSOR_TYPES = {"int32": tflite.TensorType.INT32, "float16": tflite.TensorType.FLOAT16}
+
+
 class TinyTfliteWriter:
     """Writes a one-subgraph .tflite flatbuffer: float32 tensors, builtin ops, fixed batch."""
 
@@ -153,8 +157,8 @@ class TinyTfliteWriter:
             name_offset, shape_offset = b.CreateString(name), int_vector(shape)
             tflite.TensorStart(b)
             tflite.TensorAddShape(b, shape_offset)
-            tflite.TensorAddType(b, tflite.TensorType.INT32 if data is not None and data.dtype == np.int32
-                                 else tflite.TensorType.FLOAT32)
+            tflite.TensorAddType(b, _TENSOR_TYPES.get(None if data is None else data.dtype.name,
+                                                      tflite.TensorType.FLOAT32))
             tflite.TensorAddBuffer(b, i + 1 if data is not None else 0)
             tflite.TensorAddName(b, name_offset)
             tensors.append(tflite.TensorEnd(b))
@@ -291,6 +295,83 @@ def test_unsupported_op_is_named_in_the_error():
     x, y = t.tensor("input", [1, 4]), t.tensor("output", [1, 4])
     t.op(tflite.BuiltinOperator.SOFTMAX, [x], [y])
     with pytest.raises(UnsupportedTfliteError, match="SOFTMAX"):
+        tflite_to_graph(t.build([x], [y]))
+
+
+def pool_options(padding: int, size: int, stride: int):
+    def write(b):
+        tflite.Pool2DOptionsStart(b)
+        tflite.Pool2DOptionsAddPadding(b, padding)
+        tflite.Pool2DOptionsAddStrideH(b, stride)
+        tflite.Pool2DOptionsAddStrideW(b, stride)
+        tflite.Pool2DOptionsAddFilterHeight(b, size)
+        tflite.Pool2DOptionsAddFilterWidth(b, size)
+        return tflite.Pool2DOptionsEnd(b)
+    return write
+
+
+MESH_LIKE_HW, MESH_LIKE_CHANNELS, MESH_LIKE_PAD = (7, 8), 3, 2
+
+
+@pytest.fixture(scope="module")
+def mesh_like_model():
+    """The ops MediaPipe's face mesh adds, in its pattern: a float16 kernel behind DEQUANTIZE ->
+    conv 1x1 -> PRELU (slope shaped (1, 1, C)) -> 2x2 max pool stride 2 SAME (odd width) -> zero
+    PAD of the channels -> two outputs (the pooled-and-padded map, and the conv's first pixel is
+    not needed: a second output straight from the PRELU). Returns (file bytes, weights)."""
+    rng = np.random.default_rng(5)
+    c = MESH_LIKE_CHANNELS
+    w = {"kernel": rng.standard_normal((c, 1, 1, c)).astype(np.float16),
+         "alpha": rng.uniform(0.05, 0.5, (1, 1, c)).astype(np.float32)}
+    h, wd = MESH_LIKE_HW
+    t = TinyTfliteWriter()
+    x = t.tensor("input", [1, h, wd, c])
+    half = t.tensor("kernel_f16", [c, 1, 1, c], w["kernel"])
+    kernel = t.tensor("kernel", [c, 1, 1, c])
+    conv, prelu = t.tensor("conv", [1, h, wd, c]), t.tensor("prelu", [1, h, wd, c])
+    pooled = t.tensor("pooled", [1, (h + 1) // 2, (wd + 1) // 2, c])
+    padded = t.tensor("padded", [1, (h + 1) // 2, (wd + 1) // 2, c + MESH_LIKE_PAD])
+    pads = np.array([[0, 0], [0, 0], [0, 0], [0, MESH_LIKE_PAD]], dtype=np.int32)
+    t.op(tflite.BuiltinOperator.DEQUANTIZE, [half], [kernel])
+    t.op(tflite.BuiltinOperator.CONV_2D, [x, kernel], [conv], tflite.BuiltinOptions.Conv2DOptions,
+         conv_options(False, SAME, 1, tflite.ActivationFunctionType.NONE))
+    t.op(tflite.BuiltinOperator.PRELU, [conv, t.tensor("alpha", [1, 1, c], w["alpha"])], [prelu])
+    t.op(tflite.BuiltinOperator.MAX_POOL_2D, [prelu], [pooled], tflite.BuiltinOptions.Pool2DOptions,
+         pool_options(SAME, 2, 2))
+    t.op(tflite.BuiltinOperator.PAD, [pooled, t.tensor("pads", [4, 2], pads)], [padded])
+    return t.build([x], [padded, prelu]), w
+
+
+def mesh_like_reference(x, w):
+    """The mesh-like model in NHWC numpy: both outputs flattened in NHWC order, concatenated."""
+    conv = x @ w["kernel"].astype(np.float32)[:, 0, 0, :].T
+    prelu = np.where(conv >= 0, conv, conv * w["alpha"])
+    h, wd = prelu.shape[1:3]
+    padded = np.pad(prelu, ((0, 0), (0, h % 2), (0, wd % 2), (0, 0)), constant_values=-np.inf)
+    pooled = padded.reshape(len(x), (h + 1) // 2, 2, (wd + 1) // 2, 2, -1).max(axis=(2, 4))
+    widened = np.pad(pooled, ((0, 0), (0, 0), (0, 0), (0, MESH_LIKE_PAD)))
+    return np.concatenate([widened.reshape(len(x), -1), prelu.reshape(len(x), -1)], axis=1)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dequantize_prelu_pool_pad_and_two_outputs_convert_exactly(mesh_like_model, batch):
+    data, w = mesh_like_model
+    checkpoint = tflite_to_graph(data)
+    h, wd = MESH_LIKE_HW
+    pooled_size = ((h + 1) // 2) * ((wd + 1) // 2) * (MESH_LIKE_CHANNELS + MESH_LIKE_PAD)
+    assert checkpoint["meta"]["outputs"] == [{"name": "padded", "size": pooled_size},
+                                             {"name": "prelu", "size": h * wd * MESH_LIKE_CHANNELS}]
+    x = np.random.default_rng(6).standard_normal((batch, h, wd, MESH_LIKE_CHANNELS)).astype(np.float32)
+    with torch.no_grad():
+        got = GraphNet(checkpoint).eval()(to_nchw(x)).numpy()
+    np.testing.assert_allclose(got, mesh_like_reference(x, w), atol=ATOL)
+
+
+def test_dequantize_of_an_activation_is_refused():
+    t = TinyTfliteWriter()
+    x, y = t.tensor("input", [1, 4]), t.tensor("output", [1, 4])
+    t.op(tflite.BuiltinOperator.DEQUANTIZE, [x], [y])
+    with pytest.raises(UnsupportedTfliteError, match="DEQUANTIZE"):
         tflite_to_graph(t.build([x], [y]))
 
 

@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -67,12 +68,20 @@ def site():
         yield running
 
 
+@contextmanager
+def launch_browser(tmp_path_factory, *, headless: bool = True, env: dict | None = None):
+    """Chromium with a copy of extension/ whose manifest also grants the fake site's host; `env` is
+    the browser's environment (a headed one needs DISPLAY)."""
+    extension = extension_copy(tmp_path_factory.mktemp("extension"))
+    with chromium_with_extension(extension, tmp_path_factory.mktemp("chromium-profile"),
+                                 headless=headless, env=env) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, site) -> Browser:
-    """Chromium with a copy of extension/ whose manifest also grants the fake site's host."""
-    extension = extension_copy(tmp_path_factory.mktemp("extension"))
-    with chromium_with_extension(extension, tmp_path_factory.mktemp("chromium-profile")) as running:
-        yield running
+    with launch_browser(tmp_path_factory) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +309,7 @@ def test_xhr_upload_sends_the_protected_photo(page, site, photos, face_check):
 
 
 def test_drop_zone_gets_the_protected_photo(page, site, photos, face_check):
-    drop_files(page, "#drop-zone", [str(photos[4])])
+    drop_files(page, "#drop-zone", photos[4])
     [upload] = site.wait_for_uploads("drop", 1)
     assert upload.filename == photos[4].name
     assert_protected(face_check, photos[4].read_bytes(), upload.data)
@@ -316,7 +325,7 @@ def test_pasted_photo_is_protected(page, site, photos, face_check):
     paste_png(page, "#paste-zone", png.getvalue())
     [upload] = site.wait_for_uploads("paste", 1)
     assert upload.content_type == "image/png"
-    assert_protected(face_check, png.getvalue(), upload.data)
+    assert_protected(face_check, png, upload.data)
 
 
 def test_file_input_made_in_script_and_never_attached(page, site, photos, face_check):

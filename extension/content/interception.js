@@ -1,10 +1,11 @@
 // Catches every way a page gets an image to upload, before the page's own handlers run, and hands
 // the page protected copies instead: file inputs (also in open shadow roots, and inputs created in
 // script and never attached, found by page-world.js), drag-and-drop, paste, and form submits made
-// while protection runs. The page never sees the originals: an input is emptied at once, and a
+// while protection runs (files read through File System Access handles: file-system-access.js).
+// The page never sees the originals: an input is emptied at once, and a
 // drop or paste event never reaches it; it gets new events carrying the protected files.
 // Content script (classic), registered at document_start in every frame of the person's sites.
-/* global needsProtection, protectSelection */
+/* global fileSystemHandlesOf, needsProtection, protectSelection, rememberDrop */
 
 /** Event page-world.js dispatches on document, relatedTarget = a file input that is not attached. */
 const DETACHED_INPUT_EVENT = "lowkey:detached-file-input";
@@ -109,11 +110,13 @@ function onDrop(event) {
   if (ownEvents.has(event) || !event.dataTransfer || isFileInput(target)) return;   // an input's own change covers it
   const files = [...event.dataTransfer.files];
   if (!files.some(needsProtection)) return;
+  const handles = fileSystemHandlesOf(event.dataTransfer);   // readable only while the drop is dispatched
   swallow(event);   // also stops the browser from opening the file
   const strings = stringItems(event.dataTransfer);
   const { clientX, clientY, screenX, screenY, ctrlKey, shiftKey, altKey, metaKey } = event;
   protectSelection(files).then((result) => {
     if (!result) return;
+    rememberDrop(files, result, handles);   // the page may read this drop through its handles
     const receiver = target.isConnected ? target : document.elementFromPoint(clientX, clientY) ?? document.body;
     dispatchOwn(receiver, new DragEvent("drop", {
       bubbles: true, cancelable: true, composed: true, dataTransfer: transferOf(result, strings),

@@ -18,6 +18,9 @@ changes and low-texture changes long before SSIM does. Two knobs shape the chang
   `colour="rgb"` the change may also move chroma, and each pixel's change is scaled back onto the
   ΔE2000 ball after every step (`project`): the same visible budget, more directions to spend it.
 
+- a budget *map* (`scale`, e.g. the just-noticeable-difference map of jnd.py): every pixel's
+  limits, and its ΔE2000 cap, multiplied by a per-pixel factor (N, 1, S, S); None = uniform.
+
 Images are NCHW RGB in [0, 1]; a change is (N, 1, S, S) for luma and (N, 3, S, S) for RGB,
 in [0, 1] pixel units.
 """
@@ -82,11 +85,20 @@ class PerceptualBudget:
     def channels(self) -> int:
         return 1 if self.colour == "luma" else 3
 
-    def limits(self, crops: Tensor) -> tuple[Tensor, Tensor] | None:
+    def limits(self, crops: Tensor, scale: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
         """Largest darkening and lightening per pixel for these clean crops, (N, 1, S, S) each,
-        as magnitudes in [0, 1] pixel units; None = unlimited."""
+        as magnitudes in [0, 1] pixel units, times the budget map `scale` (N, 1, S, S) when one is
+        given; None = unlimited (a map then has nothing to scale: ValueError)."""
         if self.epsilon is None and self.delta_e_cap is None:
+            if scale is not None:
+                raise ValueError("a budget map needs a budget to scale: set epsilon or delta_e_cap")
             return None
+        darker, lighter = self._uniform_limits(crops)
+        if scale is None:
+            return darker, lighter
+        return darker * scale, lighter * scale
+
+    def _uniform_limits(self, crops: Tensor) -> tuple[Tensor, Tensor]:
         size = (crops.shape[0], 1, *crops.shape[-2:])
         limit = crops.new_full(size, float("inf") if self.epsilon is None else self.epsilon)
         if self.texture_floor < 1.0:
@@ -105,9 +117,11 @@ class PerceptualBudget:
         return change.expand(-1, 3, -1, -1) if change.shape[1] == 1 else change
 
     def project(self, change: Tensor, crops: Tensor, mask: Tensor,
-                limits: tuple[Tensor, Tensor] | None) -> Tensor:
+                limits: tuple[Tensor, Tensor] | None, scale: Tensor | None = None) -> Tensor:
         """The nearest change (per pixel) such that crops + mask * change stays in [0, 1] in every
-        channel and -darker <= change <= lighter (`limits`). mask (N, 1, S, S) in [0, 1]."""
+        channel and -darker <= change <= lighter (`limits`, already scaled by the budget map).
+        mask (N, 1, S, S) in [0, 1]; `scale` (N, 1, S, S) is the budget map, which also scales the
+        ΔE2000 ball of an RGB change."""
         weight = mask.clamp_min(1e-6)
         lowest = (-crops / weight)                 # change >= this keeps every channel >= 0
         highest = (1 - crops) / weight             # change <= this keeps every channel <= 1
@@ -120,14 +134,16 @@ class PerceptualBudget:
         change = torch.maximum(torch.minimum(change, highest), lowest)
         change = torch.where(mask > 0, change, torch.zeros_like(change))
         if self.delta_e_cap is not None and self.channels == 3:
-            change = self._onto_delta_e_ball(change, crops, mask)
+            change = self._onto_delta_e_ball(change, crops, mask, scale)
         return change
 
-    def _onto_delta_e_ball(self, change: Tensor, crops: Tensor, mask: Tensor) -> Tensor:
+    def _onto_delta_e_ball(self, change: Tensor, crops: Tensor, mask: Tensor,
+                           scale: Tensor | None = None) -> Tensor:
         """Each pixel's RGB change scaled down (never up) so that its CIEDE2000 from the clean
-        pixel is at most the cap; ΔE2000 is nearly linear in a small change, and a second pass
-        catches the rest. Scaling towards zero keeps the [0, 1] range."""
+        pixel is at most the cap (times the budget map); ΔE2000 is nearly linear in a small
+        change, and a second pass catches the rest. Scaling towards zero keeps the [0, 1] range."""
+        cap = self.delta_e_cap if scale is None else self.delta_e_cap * scale
         for _ in range(DELTA_E_BALL_PASSES):
             difference = delta_e2000(crops, crops + mask * change).to(change.dtype)[:, None]
-            change = change * (self.delta_e_cap / difference.clamp_min(1e-6)).clamp(max=1.0)
+            change = change * (cap / difference.clamp_min(1e-6)).clamp(max=1.0)
         return change

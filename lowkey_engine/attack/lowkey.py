@@ -227,17 +227,21 @@ class LowKeyAttack:
         return centre + scale * rotated + self.shift_px * uniform(1, 2)
 
     def __call__(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
-                 progress: ProgressCallback | None = None, face_widths: Tensor | None = None) -> Tensor:
+                 progress: ProgressCallback | None = None, face_widths: Tensor | None = None,
+                 budget_scale: Tensor | None = None) -> Tensor:
         """The change to add to each crop: `run(...).change`."""
-        return self.run(crops, landmarks, mask, progress, face_widths).change
+        return self.run(crops, landmarks, mask, progress, face_widths, budget_scale).change
 
     def run(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
-            progress: ProgressCallback | None = None, face_widths: Tensor | None = None) -> "AttackResult":
+            progress: ProgressCallback | None = None, face_widths: Tensor | None = None,
+            budget_scale: Tensor | None = None) -> "AttackResult":
         """The change to add to each crop, and its parts.
 
         crops: (N, 3, S, S) RGB in [0, 1]; landmarks: (N, 5, 2) in crop pixels; mask: (N, 1, S, S)
         in [0, 1], how much of the change reaches each pixel (feathering); None = everywhere;
         face_widths: (N,) each face's width in crop pixels (needed by `warp_face_share`).
+        budget_scale: (N, 1, S, S) >= 0, a budget map multiplying each pixel's limits (attack/jnd.py);
+        None = the uniform budget.
         The additive part stays within the budget (|change| <= epsilon, and within the ΔE2000
         cap when there is one) measured against the warped clean crop when there is a warp.
         """
@@ -247,11 +251,12 @@ class LowKeyAttack:
         budget, warp = self.budget, self.warp
         with torch.no_grad(), record_function("lowkey:clean embeddings"):
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
-            limits = budget.limits(crops)
+            scale = None if budget_scale is None else budget_scale.detach().to(crops)
+            limits = budget.limits(crops, scale)
             reach = warp.reach(landmarks, mask, face_widths) if warp.enabled else None
         shape = (crops.shape[0], budget.channels, *crops.shape[-2:])
         start = (torch.rand(shape, generator=generator) * 2 - 1) * self.random_start
-        change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits)
+        change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits, scale)
         field = warp.zeros(crops)
         velocity, field_velocity = torch.zeros_like(change), torch.zeros_like(field)
         for step in range(self.steps):
@@ -276,8 +281,9 @@ class LowKeyAttack:
                 share = self.step_size_at(step) / self.step_size
                 velocity = self._momentum(velocity, gradients[0])
                 if warp.enabled:
-                    limits = budget.limits(reference)
-                change = budget.project(change + share * self.step_size * velocity.sign(), reference, mask, limits)
+                    limits = budget.limits(reference, scale)
+                change = budget.project(change + share * self.step_size * velocity.sign(), reference, mask, limits,
+                                        scale)
                 if warp.enabled:
                     field_velocity = self._momentum(field_velocity, gradients[1])
                     field = warp.project(field + share * WARP_STEP_SHARE * warp.step_unit * field_velocity.sign())
@@ -290,7 +296,7 @@ class LowKeyAttack:
             # the last step moved the warp: the additive part projected once more, onto its final base
             displacement = warp.displacement(field.detach(), reach)
             base = warp.apply(crops, field.detach(), reach)
-            change = budget.project(change.detach(), base, mask, budget.limits(base))
+            change = budget.project(change.detach(), base, mask, budget.limits(base, scale), scale)
             protected, applied = self._protected(base, change, mask)
             return AttackResult((protected - crops).contiguous(), applied.contiguous(), displacement, face_widths)
 

@@ -71,6 +71,13 @@ def _prelu(x, slope):
     return torch.where(x >= 0, x, x * slope.reshape(shape))
 
 
+def _pad_axes(x, *, pads):
+    """Zero padding of every axis: `pads` holds (before, after) for each of x's axes, first axis
+    first (e.g. NCHW channels padded for a residual that widens)."""
+    flat = [amount for before_after in reversed(pads) for amount in before_after]
+    return F.pad(x, flat)
+
+
 def _reshape(x, *, shape):
     """Reshape keeping the batch dimension: `shape` excludes it."""
     return x.reshape((x.shape[0], *shape))
@@ -117,6 +124,7 @@ OPS: dict[str, Callable[..., Tensor]] = {
     "permute": lambda x, *, dims: x.permute(*dims),
     "concat": lambda *xs, dim=1: torch.cat(xs, dim),
     "pad": lambda x, *, padding, value=0.0: _pad_then(x, list(padding), value),
+    "pad_axes": _pad_axes,
     "l2_normalize": lambda x, *, dim=1, eps=1e-12: F.normalize(x, dim=dim, eps=eps),
     "identity": lambda x: x,
 }

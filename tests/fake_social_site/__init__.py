@@ -53,15 +53,19 @@ class FakeSocialSite:
 
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 2 ** 20)
-        app.router.add_get("/", self._page)
-        app.router.add_get("/app.js", self._script)
-        app.router.add_post("/upload/xhr", self._raw_upload)
-        app.router.add_post("/upload/{channel}", self._multipart_upload)
+        self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
+
+    def _add_routes(self, app: web.Application) -> None:
+        """The page, its script and the upload endpoints (a subclass serves more pages)."""
+        app.router.add_get("/", self._page)
+        app.router.add_get("/app.js", self._script)
+        app.router.add_post("/upload/xhr", self._raw_upload)
+        app.router.add_post("/upload/{channel}", self._multipart_upload)
 
     # ------------------------------------------------------------------ what was uploaded
 

@@ -7,9 +7,12 @@ padding becomes explicit (top, bottom, left, right) pads computed from the model
 The batch size written into the model's shapes (the expo MobileFaceNet says 2) never reaches the
 graph: the input takes any batch and every reshape keeps dimension 0 free.
 
-Only the first subgraph is converted, only float32 weights; an op without a rule below raises
-`UnsupportedTfliteError` naming it. The file is read with the `tflite` package (the flatbuffer
-schema in pure Python), at fetch time only.
+Only the first subgraph is converted, only float32 weights or float16 weights behind a DEQUANTIZE
+(MediaPipe's face mesh stores them so: they are folded into float32 constants here); an op without
+a rule below raises `UnsupportedTfliteError` naming it. A model with several outputs (the face mesh
+gives landmarks and a face score) becomes one graph output: each output flattened in TFLite's element
+order, concatenated along dimension 1, with `meta["outputs"]` naming each part and its size. The
+file is read with the `tflite` package (the flatbuffer schema in pure Python), at fetch time only.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ GRAPH_INPUT = "input"
 #: TFLite tensor types this converter reads into numpy (weights must be float32).
 _NUMPY_TYPES = {
     tflite.TensorType.FLOAT32: np.dtype("<f4"),
+    tflite.TensorType.FLOAT16: np.dtype("<f2"),
     tflite.TensorType.INT32: np.dtype("<i4"),
     tflite.TensorType.INT64: np.dtype("<i8"),
 }
@@ -60,7 +64,12 @@ _BINARY_OPS = {
 }
 _RESHAPE_OPS = ("RESHAPE", "SQUEEZE")
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-_SUPPORTED_OPS = frozenset(_CONV_OPS) | _UNARY_OPS.keys() | _BINARY_OPS.keys() | frozenset(_RESHAPE_OPS)
+#: Ops with a rule of their own in `_SubgraphConverter.emit`.
+_OTHER_OPS = ("PRELU", "MAX_POOL_2D", "PAD")
+#: Folded into constants before the walk (float16 weights -> float32); emits no node.
+_DEQUANTIZE = "DEQUANTIZE"
+_SUPPORTED_OPS = (frozenset(_CONV_OPS) | _UNARY_OPS.keys() | _BINARY_OPS.keys() | frozenset(_RESHAPE_OPS)
+                  | frozenset(_OTHER_OPS) | {_DEQUANTIZE})
 
 _BUILTIN_NAMES = {code: name for name, code in vars(tflite.BuiltinOperator).items()
                   if not name.startswith("_")}
@@ -127,6 +136,7 @@ class _SubgraphConverter:
         self.graph = self.model.Subgraphs(0)
         self.builder = GraphBuilder(GRAPH_INPUT)
         self.values: dict[int, str] = {}   # TFLite tensor index -> GraphNet value name
+        self.folded: dict[int, np.ndarray] = {}   # DEQUANTIZE outputs -> their float32 constant
 
     # tensors
     def op_name(self, op: tflite.Operator) -> str:
@@ -144,7 +154,10 @@ class _SubgraphConverter:
         return [int(tensor.Shape(i)) for i in range(tensor.ShapeLength())]
 
     def constant(self, index: int) -> np.ndarray | None:
-        """The tensor's stored data, or None when it is computed at run time."""
+        """The tensor's stored data (or its folded DEQUANTIZE value), or None when it is computed
+        at run time."""
+        if index in self.folded:
+            return self.folded[index]
         tensor = self.graph.Tensors(index)
         buffer = self.model.Buffers(tensor.Buffer())
         if buffer is None or buffer.DataLength() == 0:
@@ -172,22 +185,54 @@ class _SubgraphConverter:
     # ops
     def convert(self) -> dict[str, Any]:
         graph = self.graph
-        if graph.InputsLength() != 1 or graph.OutputsLength() != 1:
+        if graph.InputsLength() != 1 or graph.OutputsLength() < 1:
             raise UnsupportedTfliteError(
-                f"expected one input and one output, got {graph.InputsLength()} and {graph.OutputsLength()}")
+                f"expected one input and an output, got {graph.InputsLength()} and {graph.OutputsLength()}")
         operators = [graph.Operators(i) for i in range(graph.OperatorsLength())]
         unsupported = sorted({self.op_name(op) for op in operators} - _SUPPORTED_OPS)
         if unsupported:
             raise UnsupportedTfliteError(f"TFLite ops without a conversion rule: {', '.join(unsupported)}")
-        input_index, output_index = graph.Inputs(0), graph.Outputs(0)
+        input_index = graph.Inputs(0)
         self.values[input_index] = GRAPH_INPUT
         for op in operators:
-            self.emit(op)
-        checkpoint = self.builder.checkpoint(self.activation(output_index), source_format="tflite",
-                                             input_shape=_torch_shape(self.shape(input_index))[1:],
-                                             output_shape=_torch_shape(self.shape(output_index))[1:])
+            if self.op_name(op) == _DEQUANTIZE:
+                self.fold_dequantize(op)
+            else:
+                self.emit(op)
+        output_indices = [graph.Outputs(i) for i in range(graph.OutputsLength())]
+        meta: dict[str, Any] = {"source_format": "tflite",
+                                "input_shape": _torch_shape(self.shape(input_index))[1:]}
+        if len(output_indices) == 1:
+            output = self.activation(output_indices[0])
+            meta["output_shape"] = _torch_shape(self.shape(output_indices[0]))[1:]
+        else:
+            output, meta["outputs"] = self.concatenated_outputs(output_indices)
+            meta["output_shape"] = [sum(part["size"] for part in meta["outputs"])]
+        checkpoint = self.builder.checkpoint(output, **meta)
         _check_output_shape(checkpoint)
         return checkpoint
+
+    def concatenated_outputs(self, indices: list[int]) -> tuple[str, list[dict[str, Any]]]:
+        """Several TFLite outputs as one (N, total) value: each flattened in TFLite's (NHWC)
+        element order, in the file's output order. Returns the value and [{name, size}, ...]."""
+        flat, parts = [], []
+        for index in indices:
+            shape = self.shape(index)
+            value = self.activation(index)
+            if len(shape) == IMAGE_RANK:
+                value = self.builder.add("permute", [value], dims=list(NCHW_TO_NHWC))
+            size = int(np.prod(shape[1:]))
+            flat.append(self.builder.add("reshape", [value], shape=[size]))
+            parts.append({"name": self.tensor_name(index), "size": size})
+        return self.builder.add("concat", flat, dim=1), parts
+
+    def fold_dequantize(self, op: tflite.Operator) -> None:
+        """DEQUANTIZE of a stored float16 weight: its float32 value, kept as a constant."""
+        array = self.constant(op.Inputs(0))
+        if array is None or array.dtype != np.float16:
+            raise UnsupportedTfliteError(
+                f"DEQUANTIZE of {self.tensor_name(op.Inputs(0))!r}: only stored float16 weights fold")
+        self.folded[op.Outputs(0)] = array.astype(np.float32)
 
     def emit(self, op: tflite.Operator) -> None:
         name = self.op_name(op)
@@ -197,6 +242,12 @@ class _SubgraphConverter:
             out = self.builder.add(_UNARY_OPS[name], [self.activation(op.Inputs(0))])
         elif name in _BINARY_OPS:
             out = self.binary(op, *_BINARY_OPS[name])
+        elif name == "PRELU":
+            out = self.prelu(op)
+        elif name == "MAX_POOL_2D":
+            out = self.max_pool(op)
+        elif name == "PAD":
+            out = self.pad(op)
         else:   # one of _RESHAPE_OPS (convert() refused anything else)
             out = self.reshape(op)
         self.values[op.Outputs(0)] = out
@@ -248,6 +299,35 @@ class _SubgraphConverter:
             raise UnsupportedTfliteError(f"{self.op_name(op)} on two constants (unfolded constant math)")
         out = self.builder.add(graph_op, operands)
         return self.fused_activation(out, _options(op, options_class) if options_class else None)
+
+    def prelu(self, op: tflite.Operator) -> str:
+        """PRELU with a per-channel (or single) slope; TFLite stores it shaped (1, 1, C) or (C,)."""
+        slope = self.weight(op.Inputs(1), "PReLU slope")
+        if any(size != 1 for size in slope.shape[:-1]):
+            raise UnsupportedTfliteError(f"PReLU slope of shape {list(slope.shape)}: only per-channel slopes")
+        return self.builder.add("prelu", [self.activation(op.Inputs(0)),
+                                          self.builder.const(torch.from_numpy(slope.reshape(-1)), "slope")])
+
+    def max_pool(self, op: tflite.Operator) -> str:
+        options = _options(op, tflite.Pool2DOptions)
+        kernel = (options.FilterHeight(), options.FilterWidth())
+        stride = (options.StrideH(), options.StrideW())
+        padding = explicit_padding(options.Padding(), tuple(self.shape(op.Inputs(0))[1:3]), kernel, stride)
+        out = self.builder.add("max_pool2d", [self.activation(op.Inputs(0))], kernel=list(kernel),
+                               stride=list(stride), padding=padding)
+        return self.fused_activation(out, options)
+
+    def pad(self, op: tflite.Operator) -> str:
+        """Zero PAD by a constant (rank, 2) table in TFLite's axis order; the batch is never padded."""
+        table = self.constant(op.Inputs(1))
+        if table is None:
+            raise UnsupportedTfliteError("PAD with paddings computed at run time")
+        pads = table.astype(int).tolist()
+        if pads[0] != [0, 0]:
+            raise UnsupportedTfliteError(f"PAD {pads} pads the batch dimension")
+        if len(pads) == IMAGE_RANK:
+            pads = [pads[axis] for axis in NHWC_TO_NCHW]
+        return self.builder.add("pad_axes", [self.activation(op.Inputs(0))], pads=pads)
 
     def reshape(self, op: tflite.Operator) -> str:
         """RESHAPE/SQUEEZE to the output tensor's shape, in TFLite's element order, batch kept free."""
