@@ -34,8 +34,8 @@ from playwright.sync_api import expect
 
 from extension_harness import (EXTENSION_ID, EXTENSION_SOURCE, REPO, SITE_HOST, SITE_PATTERN, WAIT_SECONDS,
                                Browser, DaemonProcess, chromium_with_extension, click_indicator_button,
-                               drop_files, extension_copy, free_port, indicator_message, paste_png,
-                               set_up_extension, wait_until)
+                               drop_files, extension_copy, free_port, indicator_message, set_up_extension, wait_until)
+from e2e_uploads import paste_photo
 from fake_social_site import FakeSocialSite
 
 pytestmark = pytest.mark.slow
@@ -319,10 +319,7 @@ def test_drop_zone_gets_the_protected_photo(page, site, photos, face_check):
 
 def test_pasted_photo_is_protected(page, site, photos, face_check):
     """A real paste (Ctrl+V) of an image on the clipboard; browsers put images there as PNG."""
-    png = io.BytesIO()
-    Image.open(photos[5]).save(png, format="PNG")
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.url.rstrip("/"))
-    paste_png(page, "#paste-zone", png.getvalue())
+    png = paste_photo(page, site.url, "#paste-zone", photos[5])
     [upload] = site.wait_for_uploads("paste", 1)
     assert upload.content_type == "image/png"
     assert_protected(face_check, png, upload.data)
