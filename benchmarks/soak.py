@@ -75,6 +75,10 @@ INDICATOR_POLL_SECONDS = 0.75
 SAMPLE_EVERY = 100
 
 
+#: Tries at reloading the site page when a late form-post navigation interrupts the reload.
+NAVIGATION_TRIES = 3
+
+
 @dataclass(frozen=True)
 class SoakPlan:
     uploads: int = 1000
@@ -376,7 +380,14 @@ class Tab:
         """The upload is over: reload the page when the style needs it (a form post navigated)."""
         if self.upload.style == "form" or self.upload.outcome == "stuck":
             self.collect_seen()
-            self.page.goto(self.site_url)
+            for attempt in range(NAVIGATION_TRIES):
+                try:
+                    self.page.goto(self.site_url)
+                    break
+                except playwright_api.Error as error:   # the held form post navigated meanwhile: go back again
+                    if "interrupted by another navigation" not in str(error) or attempt == NAVIGATION_TRIES - 1:
+                        raise
+                    self.page.wait_for_load_state()
         self.upload = None
 
     def collect_seen(self) -> None:
