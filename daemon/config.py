@@ -100,6 +100,9 @@ class Limits:
     idle_timeout_seconds: float = 600.0
     #: Result cache size (protected image bytes kept), MiB; 0 turns the cache off.
     cache_megabytes: int = 256
+    #: Pixels of the photos one attack batch holds together, millions: each waits at full size in
+    #: memory until its batch is done. A photo larger than this runs alone.
+    batch_megapixels: int = 100
 
     @property
     def max_frame_bytes(self) -> int:
@@ -113,6 +116,10 @@ class Limits:
     @property
     def cache_bytes(self) -> int:
         return self.cache_megabytes * _MEBIBYTE
+
+    @property
+    def batch_pixels(self) -> int:
+        return self.batch_megapixels * 1_000_000
 
     def for_clients(self) -> dict[str, int | float]:
         """The limits a client needs to know (sent in `welcome`)."""
@@ -135,6 +142,13 @@ class DaemonConfig:
     #: Torch CPU threads per worker; 0 = as many as there are idle cores when each photo starts
     #: (lowkey_engine.runtime: torch's default of every core collapses on a busy machine).
     torch_threads: int = 0
+    #: Faces one attack batch holds, taken from several queued photos (a photo with more faces
+    #: runs alone): 0 = measured on each device at start (the smallest batch within 5 % of the
+    #: best time a face: lowkey_engine.batching.measure_face_budget); 1 = one photo at a time.
+    face_budget: int = 0
+    #: Faces of the first batch after the worker was idle, so that the first photo of an album
+    #: comes back about as soon as it would alone; 0 = the first batch is as large as the others.
+    first_batch_faces: int = 1
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
     #: Custom presets from the file's [presets.NAME] tables (engine presets are always there).
@@ -310,6 +324,10 @@ def _validate(config: DaemonConfig) -> None:
             raise ConfigError(f"allowed origin {origin!r} must look like scheme://host or scheme://*")
     if config.torch_threads < 0:
         raise ConfigError("torch_threads must be 0 (the idle cores at each photo) or more")
+    if config.face_budget < 0:
+        raise ConfigError("face_budget must be 0 (measured at start) or more")
+    if config.first_batch_faces < 0:
+        raise ConfigError("first_batch_faces must be 0 (as large as the other batches) or more")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     for name in _LIMIT_FIELDS:

@@ -1,15 +1,23 @@
-"""Jobs: the queue, fair scheduling across connections, one worker per device, cancellation, and
-the result cache.
+"""Jobs: the queue, fair scheduling across connections, one worker per device that attacks the
+faces of several photos in one batch, cancellation, and the result cache.
 
 A connection is a `JobOwner`: the scheduler tells it, on the event loop, about its jobs' progress
 and answers each job exactly once (`job_done` or `job_failed`), or never when the owner has gone.
-`protect()` is synchronous and CPU/GPU-bound: each device has one worker thread that runs it, and
-an asyncio task that feeds that thread the next job, taking connections in turn (round robin) so
-that one connection with many photos cannot starve the others.
+The engine is synchronous and CPU/GPU-bound: each device has one worker thread that runs it, and
+an asyncio task that feeds that thread, taking connections in turn (round robin) so that one
+connection with many photos cannot starve the others.
+
+Batches: the worker prepares queued photos one at a time (decode, detect: the engine's
+`prepare`) in that fair order until their faces fill the device's face budget (or the queue is
+empty), then attacks all their faces in one batch (`protect_prepared`). A photo that would
+overflow the batch waits, prepared, for the next one. The first batch after the worker was idle
+holds `first_batch_faces`, so the first photo of an album is back about as soon as it would be
+alone. A photo's protection does not depend on its batch (lowkey_engine/batching.py).
 
 Cancelling a running job: the engine reports progress between steps from the worker thread; the
 progress callback raises `JobAborted` once the job is cancelled, its connection has gone or the
-daemon is shutting down, so the worker moves on at the next step.
+daemon is shutting down, and the engine takes that photo out of its batch at the next step while
+the others go on.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from types import ModuleType
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+import lowkey_engine.protect
+from lowkey_engine.batching import DEFAULT_FACE_BUDGET, Batch, measure_face_budget
 from lowkey_engine.images.errors import ImageError
-from lowkey_engine.protect import Protected, get_engine, protect, resolve_device
+from lowkey_engine.protect import Protected, get_engine, resolve_device
 from lowkey_engine.runtime import use_idle_cores
 from lowkey_engine.settings import ProtectSettings
 
@@ -41,7 +52,51 @@ QUEUED_STAGE = "queued"
 SHUTTING_DOWN_MESSAGE = "the daemon is shutting down; send the photo again once it is back"
 INTERNAL_MESSAGE = "the daemon failed to protect this photo (see the daemon's log)"
 
-ProtectFunction = Callable[..., Protected]
+
+
+class Engine(Protocol):
+    """What the scheduler needs of the engine (lowkey_engine.protect; tests give stand-ins): the
+    two halves of protect(). A prepared photo has `face_count`, `pixel_count` and `batch_key()`."""
+
+    def prepare(self, image: bytes, settings: ProtectSettings, progress: Callable[[str, int, int], None]) -> Any: ...
+
+    def protect_prepared(self, photos: Sequence[Any]) -> list[Protected | Exception]: ...
+
+
+@dataclass(eq=False)
+class _Unprepared:
+    """A photo handed to `SinglePhotoEngine`: nothing done yet, a batch of its own."""
+
+    payload: bytes
+    settings: ProtectSettings
+    progress: Callable[[str, int, int], None]
+    face_count: int = 1
+    pixel_count: int = 0
+
+    def batch_key(self) -> int:
+        return id(self)
+
+
+class SinglePhotoEngine:
+    """An `Engine` from a plain protect(payload, settings, progress) -> Protected function: every
+    photo is its own batch and all its work happens in `protect_prepared`. For stand-in engines
+    (the tests, the fuzz harness) and for any engine that cannot batch."""
+
+    def __init__(self, protect_function: Callable[..., Protected]):
+        self._protect = protect_function
+
+    def prepare(self, image: bytes, settings: ProtectSettings, progress: Callable[[str, int, int], None]
+                ) -> _Unprepared:
+        return _Unprepared(image, settings, progress)
+
+    def protect_prepared(self, photos: Sequence[_Unprepared]) -> list[Protected | Exception]:
+        outcomes: list[Protected | Exception] = []
+        for photo in photos:
+            try:
+                outcomes.append(self._protect(photo.payload, photo.settings, photo.progress))
+            except Exception as error:  # noqa: BLE001 - each photo's failure is its own answer
+                outcomes.append(error)
+        return outcomes
 
 
 class JobOwner(Protocol):
@@ -160,11 +215,15 @@ class FairQueue:
         self._changed.set()
 
     async def get(self) -> Job | None:
-        """The next job in fair order; None once the queue is closed."""
+        """The next job in fair order, waiting for one; None once the queue is closed."""
         while not self._closed and not self._waiting:
             self._changed.clear()
             await self._changed.wait()
-        if self._closed:
+        return self.get_nowait()
+
+    def get_nowait(self) -> Job | None:
+        """The next job in fair order; None when none is waiting or the queue is closed."""
+        if self._closed or not self._waiting:
             return None
         owner, jobs = next(iter(self._waiting.items()))
         job = jobs.popleft()
@@ -193,12 +252,14 @@ class FairQueue:
 
 
 class JobScheduler:
-    """Accepts jobs, enforces the queue limits, runs jobs on one worker per device.
+    """Accepts jobs, enforces the queue limits, runs jobs in batches on one worker per device.
 
-    protect_function: the engine's `protect` (tests may pass another with its signature).
-    warm: load every preset's models on every device in `start()` so the first photo is fast."""
+    engine: the engine's two halves of protect() (default lowkey_engine.protect; tests may pass
+    stand-ins). warm: load every preset's models on every device in `start()` so the first photo
+    is fast, and measure each device's face budget when the config leaves it at 0 (not warm: the
+    default budget)."""
 
-    def __init__(self, config: DaemonConfig, *, protect_function: ProtectFunction = protect,
+    def __init__(self, config: DaemonConfig, *, engine: Engine | ModuleType = lowkey_engine.protect,
                  warm: bool = True):
         self.config = config
         self.limits = config.limits
@@ -206,11 +267,12 @@ class JobScheduler:
         self.devices = list(dict.fromkeys(_resolve(name) for name in config.device))
         self.counters = JobCounters()
         self.cache = ResultCache(self.limits.cache_bytes)
-        self._protect = protect_function
+        #: Faces an attack batch holds, per device (known once its worker has measured it).
+        self.face_budgets: dict[str, int] = {}
+        self._engine = engine
         self._warm = warm
         self._queue = FairQueue()
         self._active: dict[JobOwner, dict[str, Job]] = {}
-        self._running = 0
         self._closed = False
         self._executors: list[ThreadPoolExecutor] = []
         self._workers: list[asyncio.Task] = []
@@ -260,7 +322,8 @@ class JobScheduler:
 
     @property
     def running(self) -> int:
-        return self._running
+        """Jobs a worker has taken (preparing, waiting for their batch, or in it) and not answered."""
+        return sum(job.state is JobState.RUNNING for jobs in self._active.values() for job in jobs.values())
 
     def jobs_in_flight(self, owner: JobOwner) -> int:
         """The owner's jobs queued or running (not yet answered)."""
@@ -362,30 +425,77 @@ class JobScheduler:
     # ------------------------------------------------------------------ workers
 
     async def _work(self, device: str, executor: ThreadPoolExecutor) -> None:
-        while (job := await self._queue.get()) is not None:
-            hit = self.cache.get(job.cache_key)   # a duplicate that queued behind its twin
-            if hit is not None:
-                self._succeed(job, hit, cached=True)
+        """Build batches from the queue in fair order and run them, until the queue closes."""
+        budget = self.face_budgets[device] = await self._face_budget(device, executor)
+        held: tuple[Job, Any] | None = None      # prepared, but it did not fit the last batch
+        idle = True
+        while True:
+            limit = self.config.first_batch_faces if idle and self.config.first_batch_faces else budget
+            batch, jobs = Batch(), []
+            while True:
+                if held is not None:
+                    (job, photo), held = held, None
+                    if job.state is JobState.FINISHED:           # answered while it waited
+                        continue
+                    if (hit := self.cache.get(job.cache_key)) is not None:   # its twin's result
+                        self._succeed(job, hit, cached=True)
+                        continue
+                else:
+                    job = await self._queue.get() if not jobs else self._queue.get_nowait()
+                    if job is None:                              # the queue is empty, or closed
+                        break
+                    photo = await self._prepare(job, device, executor)
+                    if photo is None:                            # answered already
+                        continue
+                twin = any(other.cache_key == job.cache_key for other in jobs)   # the same photo and preset
+                if twin or not batch.admits(photo, limit, self.limits.batch_pixels):
+                    held = (job, photo)
+                    break
+                batch.add(photo)
+                jobs.append(job)
+                if batch.faces >= limit:
+                    break
+            if not jobs:
+                if self._closed:
+                    return
                 continue
-            job.state = JobState.RUNNING
-            self._running += 1
-            try:
-                outcome = await self._loop.run_in_executor(executor, self._run, job, device)
-            except JobAborted:
-                self.counters.aborted_running += 1
-            except ImageError as error:
-                self._fail(job, ErrorCode(error.code), str(error))
-            except Exception:
-                log.exception("engine failure on %s (preset %s)", device, job.settings.preset)
-                self._fail(job, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
-            else:
-                self.cache.put(job.cache_key, outcome)
-                self._succeed(job, outcome, cached=False)
-            finally:
-                self._running -= 1
+            await self._attack(jobs, batch.photos, device, executor)
+            idle = held is None and not len(self._queue)
 
-    def _run(self, job: Job, device: str) -> Protected:
-        """In the device's worker thread."""
+    async def _face_budget(self, device: str, executor: ThreadPoolExecutor) -> int:
+        """The configured face budget, else one measured on `device` (warm) or the default."""
+        if self.config.face_budget or not self._warm:
+            return self.config.face_budget or DEFAULT_FACE_BUDGET
+        settings = self.presets[self.config.preset].replace(device=device)
+        try:
+            return await self._loop.run_in_executor(executor, measure_face_budget, settings)
+        except Exception:
+            log.exception("measuring the face budget on %s failed; using %d", device, DEFAULT_FACE_BUDGET)
+            return DEFAULT_FACE_BUDGET
+
+    async def _prepare(self, job: Job, device: str, executor: ThreadPoolExecutor) -> Any | None:
+        """Take `job` from the queue: answer it from the cache, or prepare its photo in the worker
+        thread. The prepared photo, or None when the job is answered already (a cache hit, a photo
+        that failed to decode, was cancelled, or has no face and was finished at once)."""
+        hit = self.cache.get(job.cache_key)   # a duplicate that queued behind its twin
+        if hit is not None:
+            self._succeed(job, hit, cached=True)
+            return None
+        job.state = JobState.RUNNING
+        try:
+            photo = await self._loop.run_in_executor(executor, self._prepare_in_worker, job, device)
+            if photo.face_count == 0:
+                (outcome,) = await self._loop.run_in_executor(executor, self._engine.protect_prepared, [photo])
+                self._settle(job, outcome)
+                return None
+        except Exception as error:  # noqa: BLE001 - each kind of failure has its answer in _settle
+            self._settle(job, error)
+            return None
+        return photo
+
+    def _prepare_in_worker(self, job: Job, device: str) -> Any:
+        """In the device's worker thread: decode and detect, with a progress callback that
+        reports to the job's owner and stops the job once it is cancelled."""
         loop = self._loop
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -393,10 +503,45 @@ class JobScheduler:
                 raise JobAborted
             loop.call_soon_threadsafe(self._report, job, stage, done, total)
 
-        if job.abort.is_set():
-            raise JobAborted
-        if not self.config.torch_threads and device == "cpu":
-            use_idle_cores()
         settings = job.settings.replace(device=device, max_pixels=self.limits.max_pixels,
                                         max_bytes=self.limits.max_image_bytes)
-        return self._protect(job.payload, settings, progress)
+        return self._engine.prepare(job.payload, settings, progress)
+
+    async def _attack(self, jobs: list[Job], photos: list[Any], device: str, executor: ThreadPoolExecutor) -> None:
+        """Attack the photos' faces in one batch and answer every job. Should the batch as a whole
+        fail, each photo is tried again alone, so one bad photo cannot take the others with it."""
+        try:
+            outcomes = await self._loop.run_in_executor(executor, self._protect_batch, photos, device)
+        except Exception as error:
+            if len(photos) == 1:
+                outcomes = [error]
+            else:
+                log.exception("a batch of %d photos failed on %s; each is tried alone", len(photos), device)
+                outcomes = []
+                for photo in photos:
+                    try:
+                        (outcome,) = await self._loop.run_in_executor(executor, self._protect_batch, [photo], device)
+                    except Exception as alone:  # noqa: BLE001 - this photo's answer
+                        outcome = alone
+                    outcomes.append(outcome)
+        for job, outcome in zip(jobs, outcomes):
+            self._settle(job, outcome)
+
+    def _protect_batch(self, photos: list[Any], device: str) -> list[Protected | Exception]:
+        """In the device's worker thread."""
+        if not self.config.torch_threads and device == "cpu":
+            use_idle_cores()
+        return self._engine.protect_prepared(photos)
+
+    def _settle(self, job: Job, outcome: Protected | BaseException) -> None:
+        """Answer `job` with its engine outcome: the protected photo, or the failure's code."""
+        if isinstance(outcome, JobAborted):
+            self.counters.aborted_running += 1
+        elif isinstance(outcome, ImageError):
+            self._fail(job, ErrorCode(outcome.code), str(outcome))
+        elif isinstance(outcome, BaseException):
+            log.error("engine failure (preset %s)", job.settings.preset, exc_info=outcome)
+            self._fail(job, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+        else:
+            self.cache.put(job.cache_key, outcome)
+            self._succeed(job, outcome, cached=False)

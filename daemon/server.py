@@ -90,7 +90,8 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok", "protocol": protocol.PROTOCOL_VERSION, "version": daemon_version(),
         "devices": scheduler.devices, "presets": list(config.presets),
         "default_preset": config.preset, "queued": scheduler.queued,
-        "running": scheduler.running, "connections": len(request.app[CONNECTIONS])})
+        "running": scheduler.running, "face_budget": scheduler.face_budgets,
+        "connections": len(request.app[CONNECTIONS])})
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 from lowkey_daemon import protocol
 from lowkey_daemon.auth import write_new_token
 from lowkey_daemon.config import CHROMIUM_EXTENSION_ID, DaemonConfig, Limits
-from lowkey_daemon.jobs import JobScheduler
+from lowkey_daemon.jobs import JobScheduler, SinglePhotoEngine
 from lowkey_daemon.protocol import CloseCode, ErrorCode
 from lowkey_daemon.server import LOOPBACK_ADDRESS, WEBSOCKET_PATH, build_app
 from lowkey_engine.images.decode import decode_image
@@ -99,7 +99,7 @@ class FuzzDaemon:
         self._loop.close()
 
     async def _start(self) -> None:
-        scheduler = JobScheduler(self.config, protect_function=decode_only_engine, warm=False)
+        scheduler = JobScheduler(self.config, engine=SinglePhotoEngine(decode_only_engine), warm=False)
         self._runner = web.AppRunner(build_app(self.config, scheduler), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, LOOPBACK_ADDRESS, 0).start()

@@ -11,7 +11,8 @@ Five jobs, one subpackage each; each may import only the ones listed before it
 | `faces/`      | finding and recognizing faces: MTCNN detection, 5-point alignment, the recognizer zoo, the graph runtime that runs converted model files, where those files live |
 | `settings.py` | every protection knob in one frozen dataclass, and the presets (imports only constants from `images/` and `faces/`) |
 | `attack/`     | the LowKey attack and what it needs: the per-pixel budget, perceptual penalties and colour difference, differentiable upload transforms, the working crops around faces |
-| `protect.py`  | `protect()`: decode -> detect -> crops -> attack -> paste -> encode |
+| `protect.py`  | `protect()`: decode -> detect -> crops -> attack -> paste -> encode; in two halves (`prepare`, `protect_prepared`) so that several photos share one attack batch |
+| `batching.py` | how many faces an attack batch holds (`measure_face_budget`), and a stream of photos cut into such batches (`protect_many`) |
 | `evaluation/` | does it work? `lowkey eval`'s protocol, recognition metrics, upload transforms, the real dlib black box, reports, side-by-side pictures |
 | `cli.py`      | the `lowkey` command |
 

@@ -1,6 +1,6 @@
 """`lowkey`: the engine's command line.
 
-    lowkey protect PATH... [-o OUT | --out-dir DIR] [--preset P] [--device D]
+    lowkey protect PATH... [-o OUT | --out-dir DIR] [--preset P] [--device D] [--face-budget N]
     lowkey weights list                 what model files exist, where from, fetched or not
     lowkey weights fetch [IDS] [--force]
     lowkey datasets list                face-photo sets for tests and eval, where from, fetched or not
@@ -152,48 +152,62 @@ def _output_path(photo: Path, base: Path, fmt: str, args: argparse.Namespace) ->
 def _protect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .batching import measure_face_budget, protect_many
     from .images.decode import ImageError
-    from .protect import protect, resolve_device
+    from .protect import resolve_device
     from .runtime import use_idle_cores
     from .settings import ProtectSettings
 
     settings = ProtectSettings.from_preset(args.preset, device=args.device, seed=args.seed)
     on_cpu = resolve_device(settings.device).type == "cpu"
     photos = list(_inputs(args.paths))
+    if args.face_budget < 0:
+        print("lowkey: --face-budget takes a number of faces, or 0 to measure one", file=sys.stderr)
+        return 2
     if args.output and len(photos) != 1:
         print("lowkey: -o/--output takes exactly one input photo; use --out-dir for several", file=sys.stderr)
         return 2
     inputs = {photo.resolve() for photo, _ in photos}
-    failures = 0
-    for photo, base in photos:
-        bar = tqdm(total=settings.steps, desc=photo.name, unit="step", leave=False, disable=args.quiet)
+    todo = [(photo, base) for photo, base in photos if not _would_overwrite(_output_path(photo, base, "", args),
+                                                                            inputs, args)]
+    failures = len(photos) - len(todo)
+    if not todo:
+        return 1 if failures else 0
+    if on_cpu:
+        use_idle_cores()                          # runtime.py: a busy machine needs fewer threads
+    face_budget = args.face_budget or measure_face_budget(settings)
+    overall = tqdm(total=len(todo), desc="photos", unit="photo", leave=False, disable=args.quiet or len(todo) < 2)
+    bars: dict[int, tqdm] = {}
 
-        def progress(stage: str, done: int, total: int, bar=bar) -> None:   # this photo's bar, bound now
+    def progress_of(index: int):
+        def progress(stage: str, done: int, total: int) -> None:     # photo `index`'s own bar
             if stage == "attack":
+                bar = bars.setdefault(index, tqdm(total=total, desc=todo[index][0].name, unit="step",
+                                                  leave=False, disable=args.quiet))
                 bar.n = done
                 bar.refresh()
+        return progress
 
-        if _would_overwrite(_output_path(photo, base, "", args), inputs, args):
-            bar.close()
+    outcomes = protect_many((photo for photo, _ in todo), settings, progress_of, face_budget=face_budget,
+                            before_attack=use_idle_cores if on_cpu else None)
+    for index, result in outcomes:
+        bars.pop(index, tqdm(disable=True)).close()
+        overall.update(1)
+        photo, base = todo[index]
+        if isinstance(result, (ImageError, OSError)):
+            tqdm.write(f"{photo}: error: {result}", file=sys.stderr)
             failures += 1
             continue
-        try:
-            if on_cpu:
-                use_idle_cores()                  # runtime.py: a busy machine needs fewer threads
-            result = protect(photo, settings, progress)
-        except (ImageError, OSError) as exc:
-            bar.close()
-            print(f"{photo}: error: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        bar.close()
+        if isinstance(result, BaseException):
+            raise result
         target = _output_path(photo, base, result.format, args)
         if _would_overwrite(target, inputs, args):
             failures += 1
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(result.data)
-        print(_summary(photo, target, result))
+        tqdm.write(_summary(photo, target, result))
+    overall.close()
     return 1 if failures else 0
 
 
@@ -264,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowkey", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from .batching import DEFAULT_FACE_BUDGET
     from .evaluation.report import DIFFERENCE_AMPLIFY
     from .settings import PRESETS
 
@@ -277,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     protect.add_argument("--seed", type=int, default=0)
     protect.add_argument("--overwrite", action="store_true", help="allow replacing an input photo")
+    protect.add_argument("--face-budget", type=int, default=DEFAULT_FACE_BUDGET, metavar="N",
+                         help="faces attacked together, taken from several photos (default "
+                              f"{DEFAULT_FACE_BUDGET}; 0: measure what suits this device first)")
     protect.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     protect.set_defaults(run=_protect)
 

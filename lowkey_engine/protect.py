@@ -7,12 +7,19 @@ Stages: decode -> detect every face -> one working crop per face -> LowKey attac
 one batch -> changes feathered back into the full-resolution photo -> encode in the input's
 format without privacy-relevant metadata. A photo without faces comes back with its metadata
 removed and its pixels untouched, and says so (`faces == ()`).
+
+Several photos share one attack batch in two halves (batching.py plans the batches):
+
+    photos = [prepare(image, settings, progress) for image in album]   # decode, detect, crop
+    outcomes = protect_prepared(photos)     # one attack for all their faces; per photo, the
+                                            # Protected or the exception that stopped it
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +27,11 @@ import torch
 from PIL import Image
 from torch.profiler import record_function
 
-from .attack.lowkey import LowKeyAttack, ProgressCallback
-from .attack.crops import apply_changes, widths_in_crops, working_crops
+from .attack.lowkey import AttackResult, LowKeyAttack, PhotoFaces, ProgressCallback
+from .attack.crops import CropWindow, apply_changes, widths_in_crops, working_crops
 from .attack.jnd import BUDGET_MAPS, face_budget_maps
-from .images.decode import decode_image
-from .faces.detect import FaceDetector, load_detector
+from .images.decode import DecodedImage, decode_image
+from .faces.detect import Face, FaceDetector, load_detector
 from .faces.mesh import load_face_mesh
 from .images.encode import encode_image, strip_metadata_only
 from .attack.perceptual import psnr, region_quality
@@ -85,6 +92,45 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _no_progress(stage: str, done: int, total: int) -> None:
+    """The progress callback of a caller that gave none."""
+
+
+@dataclass(eq=False)
+class PreparedPhoto:
+    """A photo decoded, its faces found and their working crops cut: everything its attack and
+    its finishing need. Holds the full-resolution pixels (3, H, W) on the engine's device.
+
+    faces: the detector's faces (empty: nothing to attack); windows, and `attack_input` (crops,
+    landmarks, masks, widths, budget maps in working pixels) for those faces; working_face_px: the
+    working crops' face width, pixels (photos attack together only when theirs agree)."""
+
+    engine: "ProtectionEngine"
+    settings: ProtectSettings
+    decoded: DecodedImage
+    pixels: torch.Tensor
+    faces: list[Face]
+    progress: ProgressCallback
+    started: float
+    windows: list[CropWindow] = field(default_factory=list)
+    working_face_px: int = 0
+    attack_input: PhotoFaces | None = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def face_count(self) -> int:
+        return len(self.faces)
+
+    @property
+    def pixel_count(self) -> int:
+        """Width x height of the photo."""
+        return self.pixels.shape[-1] * self.pixels.shape[-2]
+
+    def batch_key(self) -> tuple:
+        """Photos with equal keys can share one attack batch: same engine, settings and crop size."""
+        return id(self.engine), self.settings, self.working_face_px
+
+
 class ProtectionEngine:
     """The models one device needs, loaded once: detector (finding faces of at least
     `min_face_px` photo pixels) and attack ensemble."""
@@ -95,50 +141,91 @@ class ProtectionEngine:
         self.recognizers: list[Recognizer] = [load_recognizer(m, device) for m in ensemble]
 
     def protect(self, image, settings: ProtectSettings, progress: ProgressCallback | None = None) -> Protected:
+        (outcome,) = self.protect_prepared([self.prepare(image, settings, progress)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def prepare(self, image, settings: ProtectSettings, progress: ProgressCallback | None = None) -> PreparedPhoto:
+        """Decode `image`, find its faces and cut their working crops (and budget maps). Raises
+        ImageError for input it cannot protect, or whatever `progress` raises."""
         started = time.perf_counter()
-        report = progress or (lambda stage, done, total: None)
+        report = progress or _no_progress
         report("decode", 0, 1)
         with record_function("protect:decode"):
             decoded = decode_image(image, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes)
             pixels = decoded.pixels.to(self.device)
-        _, height, width = pixels.shape
         report("detect", 0, 1)
         with record_function("protect:detect"):
             faces = self.detector.detect(pixels)
         report("detect", 1, 1)
+        photo = PreparedPhoto(self, settings, decoded, pixels, faces, report, started)
         if not faces:
-            encoded = strip_metadata_only(decoded)
-            return Protected(encoded.data, encoded.mime, encoded.format, width, height, (),
-                             time.perf_counter() - started, str(self.device), settings.preset)
-
+            return photo
         with record_function("protect:working crops"):
             boxes = torch.tensor([[float(v) for v in f.box] for f in faces], device=self.device)
             landmarks = torch.stack([torch.as_tensor(f.landmarks, dtype=torch.float32) for f in faces]).to(self.device)
             largest_face = float((boxes[:, 2:] - boxes[:, :2]).amax())
-            working_face_px = settings.working_face_for(largest_face)
-            working_size = round(working_face_px * settings.crop_margin)
-            windows, crops, crop_landmarks, masks = working_crops(
+            photo.working_face_px = settings.working_face_for(largest_face)
+            working_size = round(photo.working_face_px * settings.crop_margin)
+            photo.windows, crops, crop_landmarks, masks = working_crops(
                 pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
                 feather=settings.feather)
-            budget_scale, stats = self._budget_maps(pixels, faces, windows, working_size, settings)
-        attack = LowKeyAttack.from_settings(settings, self.recognizers, working_face_px)
-        with record_function("protect:attack"):
-            outcome = attack.run(crops, crop_landmarks, masks, progress=report,
-                                 face_widths=widths_in_crops(boxes, windows, working_size), budget_scale=budget_scale)
+            budget_scale, photo.stats = self._budget_maps(pixels, faces, photo.windows, working_size, settings)
+        widths = widths_in_crops(boxes, photo.windows, working_size)
+        photo.attack_input = PhotoFaces(crops, crop_landmarks, masks, widths, budget_scale, report)
+        return photo
+
+    def protect_prepared(self, photos: Sequence[PreparedPhoto]) -> list[Protected | Exception]:
+        """Attack the faces of `photos` (all prepared by this engine with one batch key, or
+        without faces) in one batch, then paste, encode and measure each photo. Per photo, its
+        Protected, or the exception that stopped it (raised by its progress callback, or by its
+        own encoding); an error of the batch as a whole is raised."""
+        with_faces = [p for p in photos if p.faces]
+        if len({p.batch_key() for p in with_faces}) > 1:
+            raise ValueError("photos of one attack batch need the same engine, settings and crop size")
+        outcomes: dict[int, AttackResult | BaseException] = {}
+        if with_faces:
+            settings = with_faces[0].settings
+            attack = LowKeyAttack.from_settings(settings, self.recognizers, with_faces[0].working_face_px)
+            with record_function("protect:attack"):
+                results = attack.run_photos([p.attack_input for p in with_faces])
+            outcomes = {id(p): r for p, r in zip(with_faces, results)}
+        finished: list[Protected | Exception] = []
+        for photo in photos:
+            outcome = outcomes.get(id(photo))
+            if isinstance(outcome, BaseException):
+                finished.append(outcome)
+                continue
+            try:
+                finished.append(self._finish(photo, outcome))
+            except Exception as error:  # noqa: BLE001 - one photo's failure is that photo's answer
+                finished.append(error)
+        return finished
+
+    def _finish(self, photo: PreparedPhoto, outcome: AttackResult | None) -> Protected:
+        """Paste the attack's change into the photo, encode it and measure what changed."""
+        decoded, pixels, faces, settings = photo.decoded, photo.pixels, photo.faces, photo.settings
+        _, height, width = pixels.shape
+        if outcome is None:                      # no face: only the metadata goes
+            encoded = strip_metadata_only(decoded)
+            return Protected(encoded.data, encoded.mime, encoded.format, width, height, (),
+                             time.perf_counter() - photo.started, str(self.device), settings.preset)
         with record_function("protect:paste"):
-            protected = apply_changes(pixels, windows, outcome.change)
+            protected = apply_changes(pixels, photo.windows, outcome.change)
             # the clean photo warped: what the additive part is measured against
-            warped = pixels if outcome.displacement is None else apply_changes(pixels, windows, outcome.warp_change)
+            warped = pixels if outcome.displacement is None else apply_changes(pixels, photo.windows,
+                                                                                outcome.warp_change)
             shares = outcome.largest_displacement_share()
             shares = [0.0] * len(faces) if shares is None else shares.tolist()
-        report("encode", 0, 1)
+        photo.progress("encode", 0, 1)
         with record_function("protect:encode"):
             encoded = encode_image(protected.cpu(), decoded, jpeg_quality=settings.jpeg_output_quality)
         with record_function("protect:measure change"):
             results = tuple(_face_result(face, pixels, protected, warped, share) for face, share in zip(faces, shares))
         return Protected(encoded.data, encoded.mime, encoded.format, width, height, results,
-                         time.perf_counter() - started, str(self.device), settings.preset,
-                         photo_psnr=float(psnr(protected[None], pixels[None])[0]), stats=stats)
+                         time.perf_counter() - photo.started, str(self.device), settings.preset,
+                         photo_psnr=float(psnr(protected[None], pixels[None])[0]), stats=photo.stats)
 
     def _budget_maps(self, pixels: torch.Tensor, faces, windows, working_size: int, settings: ProtectSettings
                      ) -> tuple[torch.Tensor | None, dict]:
@@ -191,3 +278,21 @@ def protect(image: bytes | str | Path | Image.Image, settings: ProtectSettings |
     settings = settings or ProtectSettings()
     torch.manual_seed(settings.seed)
     return get_engine(settings).protect(image, settings, progress)
+
+
+def prepare(image: bytes | str | Path | Image.Image, settings: ProtectSettings | None = None,
+            progress: ProgressCallback | None = None) -> PreparedPhoto:
+    """The first half of `protect()`: decode, detect, crop, on the engine the settings name.
+    `progress` is kept for the photo's attack and encoding too. Raises as `protect()` does."""
+    settings = settings or ProtectSettings()
+    return get_engine(settings).prepare(image, settings, progress)
+
+
+def protect_prepared(photos: Sequence[PreparedPhoto]) -> list[Protected | Exception]:
+    """The second half: one attack batch for the faces of `photos` (which must share a batch
+    key, or have no face), then each photo pasted and encoded. Per photo, in order, its Protected
+    or the exception that stopped it; a failure of the whole batch is raised."""
+    if not photos:
+        return []
+    torch.manual_seed(photos[0].settings.seed)
+    return photos[0].engine.protect_prepared(photos)

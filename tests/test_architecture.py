@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "lowkey_engine"
 
 #: The engine's layers, lowest first: a module may import its own layer and the ones before it.
-LAYERS = ("runtime", "images", "faces", "settings", "attack", "protect", "evaluation", "cli")
+LAYERS = ("runtime", "images", "faces", "settings", "attack", "protect", "batching", "evaluation", "cli")
 #: Top-level packages outside the engine that its library must never import (data flows one way:
 #: the daemon calls the engine). Only the command line fronts the fetch step (`lowkey weights`).
 NOT_FOR_THE_ENGINE = ("lowkey_daemon", "lowkey_weights", "daemon", "weights")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lowkey_engine.attack.lowkey import LowKeyAttack
+from lowkey_engine.attack.lowkey import LowKeyAttack, PhotoFaces, _PhotoBatch
 from lowkey_engine.attack.crops import CropWindow, apply_changes, crop_window, extract, feather_mask, working_crops
 from lowkey_engine.attack.transforms import downscale_and_back, gaussian_blur, jpeg_approx
 
@@ -133,9 +133,9 @@ def test_several_views_in_one_batch_are_the_mean_of_the_views_one_at_a_time(synt
     jittered = torch.cat([attack._jitter_landmarks(landmarks, generator) for _ in range(3)])
     with torch.no_grad():
         clean = [recognizer.embed(crops, landmarks)]
-        batched = attack._embedding_distance(views, jittered, clean, [0], generator)
+        batched = attack._embedding_distance(views, jittered, clean, _PhotoBatch(0, [2], [None]), [[0]])
         separate = torch.stack([attack._embedding_distance(views[2 * k:2 * k + 2], jittered[2 * k:2 * k + 2],
-                                                           clean, [0], generator)
+                                                           clean, _PhotoBatch(0, [2], [None]), [[0]])
                                 for k in range(3)]).mean(0)
     torch.testing.assert_close(batched, separate, atol=1e-5, rtol=1e-5)
 
@@ -224,6 +224,61 @@ def test_smoothing_views_at_random_halves_the_surrogate_passes_at_the_same_scale
     with torch.no_grad():
         clean = [recognizer.embed(crops, landmarks)]
         moved = crops.flip(-1)
-        single = attack._embedding_distance(moved, landmarks, clean, [0], torch.Generator())
+        single = attack._embedding_distance(moved, landmarks, clean, _PhotoBatch(0, [faces], [None]), [[0]])
         squared = (recognizer.embed(moved, landmarks) - clean[0]).pow(2).sum(1)
     torch.testing.assert_close(single, 2 * squared)
+
+
+class PooledPixels:
+    """A stand-in recognizer whose every operation is per face (pooling, normalising), so its
+    embeddings and gradients are bit for bit the same whatever else is in its batch: what is left
+    to differ between a photo attacked alone and in a batch is the attack's own doing."""
+
+    def embed(self, images, landmarks, augment=None):
+        pooled = torch.nn.functional.avg_pool2d(images, 16)
+        pooled = pooled if augment is None else augment(pooled)
+        return torch.nn.functional.normalize(pooled.flatten(1) - 0.5, dim=1)
+
+
+def stand_in_photos(*face_counts: int) -> list[PhotoFaces]:
+    generator = torch.Generator().manual_seed(0)
+    points = torch.tensor([[30.0, 40.0], [66.0, 40.0], [48.0, 55.0], [34.0, 70.0], [62.0, 70.0]])
+    return [PhotoFaces(torch.rand(n, 3, 96, 96, generator=generator) * 0.6 + 0.2, points.expand(n, 5, 2).clone(),
+                       feather_mask(96, 0.1)[None].expand(n, 1, 96, 96), torch.full((n,), 50.0))
+            for n in face_counts]
+
+
+@pytest.mark.parametrize("knobs", [{}, {"members_per_step": 1, "member_focus": 0.5}, {"diversity": "resize_pad"},
+                                   {"warp_face_share": 0.02}, {"views": 2, "smooth_every_view": True}])
+def test_a_photo_attacked_in_a_batch_is_attacked_as_it_is_alone(knobs):
+    # Every random draw is the photo's own, every term of the objective is per face: with
+    # recognizers that compute each face on its own, batched equals alone bit for bit.
+    attack = LowKeyAttack([PooledPixels(), PooledPixels()], steps=4, **knobs)
+    photos = stand_in_photos(2, 1, 3)
+    together = attack.run_photos(photos)
+    for photo, batched in zip(photos, together):
+        alone = attack.run_photos([photo])[0]
+        assert torch.equal(alone.change, batched.change) and torch.equal(alone.additive, batched.additive)
+        assert batched.change.shape[0] == photo.count
+    # ...and the draws are a photo's own: two different photos alone are changed differently
+    first, second = (attack.run_photos([p])[0].change for p in stand_in_photos(1, 1))
+    assert not torch.equal(first, second)
+
+
+def test_a_photo_whose_progress_raises_leaves_the_batch_and_the_others_go_on():
+    attack = LowKeyAttack([PooledPixels()], steps=4)
+    photos = stand_in_photos(1, 2, 1)
+    seen = []
+
+    def stop_at_step_two(stage, done, total):
+        seen.append(done)
+        if done == 2:
+            raise RuntimeError("cancelled")
+
+    photos[1].progress = stop_at_step_two
+    outcomes = attack.run_photos(photos)
+    assert isinstance(outcomes[1], RuntimeError) and seen == [1, 2]
+    for photo, outcome in zip((photos[0], photos[2]), (outcomes[0], outcomes[2])):
+        torch.testing.assert_close(outcome.change, attack.run_photos([photo])[0].change, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        attack.run(photos[1].crops, photos[1].landmarks, photos[1].mask, progress=stop_at_step_two)

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from lowkey_daemon.config import DaemonConfig, Limits
-from lowkey_daemon.jobs import FairQueue, Job, JobScheduler, ResultCache, cache_key
+from lowkey_daemon.jobs import FairQueue, Job, JobScheduler, ResultCache, SinglePhotoEngine, cache_key
 from lowkey_daemon.protocol import ErrorCode, ProtocolError
 from lowkey_engine.protect import Protected
 from lowkey_engine.settings import PRESETS
@@ -108,7 +108,7 @@ class SteppingEngine:
 async def scheduler():
     engine = SteppingEngine()
     config = DaemonConfig(device=("cpu",), limits=Limits(max_jobs_per_connection=2, max_queued_jobs=2))
-    scheduler = JobScheduler(config, protect_function=engine, warm=False)
+    scheduler = JobScheduler(config, engine=SinglePhotoEngine(engine), warm=False)
     scheduler.engine = engine
     await scheduler.start()
     yield scheduler
@@ -186,3 +186,161 @@ async def test_an_owner_that_fails_to_take_its_answer_does_not_stop_the_worker(s
     scheduler.engine.step.release(1)
     await asyncio.wait_for(healthy.answered.wait(), 10)
     assert healthy.answers() == [("done", "h1", False, b"protected:finish h1")]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Photo:
+    """A prepared stand-in photo: `faces=N;pixels=P;...` in its payload says how big it is."""
+
+    def __init__(self, payload: bytes, progress):
+        fields = dict(part.split(b"=") for part in payload.split(b";") if b"=" in part)
+        self.payload, self.progress = payload, progress
+        self.face_count = int(fields.get(b"faces", 1))
+        self.pixel_count = int(fields.get(b"pixels", 1000))
+
+    def batch_key(self):
+        return "same"
+
+
+class BatchingEngine:
+    """prepare/protect_prepared stand-in that records each batch, and runs each one only when
+    the test releases it. Like the real engine, it reports every photo's steps and takes a photo
+    whose progress callback raises out of the batch (that exception is its outcome); a payload
+    holding `fail-batch` makes a batch of several photos fail as a whole, `fail-alone` even alone."""
+
+    STEPS = 2
+
+    def __init__(self):
+        self.batches: list[list[bytes]] = []
+        self.released = 0
+        self.release = threading.Semaphore(0)
+        self.started = threading.Event()
+
+    def prepare(self, payload, settings, progress):
+        progress("decode", 0, 1)
+        return Photo(payload, progress)
+
+    def protect_prepared(self, photos):
+        self.batches.append([p.payload for p in photos])
+        self.started.set()
+        self.release.acquire()
+        if any(b"fail-alone" in p.payload for p in photos) or (
+                len(photos) > 1 and any(b"fail-batch" in p.payload for p in photos)):
+            raise RuntimeError("the batch failed")
+        outcomes: dict[int, object] = {}
+        for step in range(self.STEPS):
+            for index, photo in enumerate(photos):
+                if index in outcomes:
+                    continue
+                try:
+                    photo.progress("attack", step + 1, self.STEPS)
+                except Exception as stop:  # noqa: BLE001 - as the real engine does
+                    outcomes[index] = stop
+        return [outcomes.get(i, outcome(b"protected:" + p.payload)) for i, p in enumerate(photos)]
+
+
+@pytest_asyncio.fixture
+async def batching():
+    """A scheduler on BatchingEngine: 4 faces a batch, 1 in the first after idle, 1 megapixel."""
+    engine = BatchingEngine()
+    config = DaemonConfig(device=("cpu",), face_budget=4, first_batch_faces=1,
+                          limits=Limits(max_jobs_per_connection=8, batch_megapixels=1))
+    scheduler = JobScheduler(config, engine=engine, warm=False)
+    scheduler.engine = engine
+    await scheduler.start()
+    yield scheduler
+    engine.release.release(100)
+    await scheduler.close()
+
+
+async def run_batches(scheduler, count: int) -> None:
+    """Let the engine run the next `count` batches: wait for each to reach it, then release it."""
+    engine = scheduler.engine
+    for _ in range(count):
+        await wait_until(lambda: len(engine.batches) > engine.released)
+        engine.released += 1
+        engine.release.release()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_batches_queued_photos_in_fair_order_after_a_small_first_batch(batching):
+    a, b = Owner("a"), Owner("b")
+    for name in ("a1", "a2", "a3", "a4"):
+        batching.submit(a, name, "", name.encode(), "fast")
+    await asyncio.to_thread(batching.engine.started.wait)     # a1 runs alone: the first batch
+    for name in ("b1", "b2"):
+        batching.submit(b, name, "", name.encode(), "fast")
+    assert batching.running == 1 and batching.queued == 5
+    await run_batches(batching, 3)
+    await wait_until(lambda: not batching.running)
+    assert batching.engine.batches == [[b"a1"], [b"a2", b"b1", b"a3", b"b2"], [b"a4"]]
+    for owner, names in ((a, ("a1", "a2", "a3", "a4")), (b, ("b1", "b2"))):   # each answered once
+        assert sorted(owner.answers()) == [("done", n, False, b"protected:" + n.encode()) for n in names]
+    assert batching.face_budgets == {"cpu": 4} and batching.counters.completed == 6
+
+
+@pytest.mark.asyncio
+async def test_a_batch_keeps_to_its_face_and_pixel_budgets_and_a_large_photo_runs_alone(batching):
+    a = Owner("a")
+    payloads = [b"first", b"faces=3;x", b"faces=2;y", b"faces=6;big", b"pixels=600000;p", b"pixels=600000;q", b"last"]
+    for index, payload in enumerate(payloads):
+        batching.submit(a, f"j{index}", "", payload, "fast")
+    await run_batches(batching, 6)
+    await wait_until(lambda: not batching.running)
+    assert batching.engine.batches == [
+        [b"first"], [b"faces=3;x"],            # 3 + 2 faces > 4: the second waits for the next batch
+        [b"faces=2;y"], [b"faces=6;big"],      # more faces than the budget: alone
+        [b"pixels=600000;p"], [b"pixels=600000;q", b"last"]]   # 0.6 + 0.6 MP > 1 MP
+    assert len(a.answers()) == len(payloads) and all(answer[0] == "done" for answer in a.answers())
+
+
+@pytest.mark.asyncio
+async def test_cancelling_one_photo_of_a_batch_keeps_the_others(batching):
+    a, b = Owner("a"), Owner("b")
+    batching.submit(a, "first", "", b"first", "fast")
+    await asyncio.to_thread(batching.engine.started.wait)
+    for name in ("a2", "a3"):
+        batching.submit(a, name, "", name.encode(), "fast")
+    batching.submit(b, "b1", "", b"b1", "fast")
+    await run_batches(batching, 1)                  # the first ends; [a2, b1, a3] is built and waits
+    await wait_until(lambda: len(batching.engine.batches) == 2)
+    assert batching.cancel(a, "a3")                 # it leaves the batch at its first step
+    await run_batches(batching, 1)
+    await wait_until(lambda: not batching.running)
+    assert batching.engine.batches[1] == [b"a2", b"b1", b"a3"]
+    assert a.answers() == [("done", "first", False, b"protected:first"), ("failed", "a3", ErrorCode.CANCELLED),
+                           ("done", "a2", False, b"protected:a2")]
+    assert b.answers() == [("done", "b1", False, b"protected:b1")]
+    assert batching.counters.aborted_running == 1 and batching.counters.cancelled == 1
+
+
+@pytest.mark.asyncio
+async def test_a_failing_batch_is_retried_photo_by_photo(batching, caplog):
+    a = Owner("a")
+    batching.submit(a, "first", "", b"first", "fast")
+    await asyncio.to_thread(batching.engine.started.wait)
+    for name, payload in (("ok1", b"ok1"), ("bad", b"fail-batch"), ("worse", b"fail-alone"), ("ok2", b"ok2")):
+        batching.submit(a, name, "", payload, "fast")
+    await run_batches(batching, 6)
+    await wait_until(lambda: not batching.running)
+    assert batching.engine.batches[1:] == [[b"ok1", b"fail-batch", b"fail-alone", b"ok2"],
+                                           [b"ok1"], [b"fail-batch"], [b"fail-alone"], [b"ok2"]]
+    answers = dict((answer[1], answer[2]) for answer in a.answers())
+    assert answers == {"first": False, "ok1": False, "bad": False, "worse": ErrorCode.INTERNAL, "ok2": False}
+    assert "each is tried alone" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_the_same_photo_twice_in_one_burst_is_attacked_once(batching):
+    a, b = Owner("a"), Owner("b")
+    batching.submit(a, "first", "", b"first", "fast")
+    await asyncio.to_thread(batching.engine.started.wait)
+    batching.submit(a, "mine", "", b"same photo", "fast")
+    batching.submit(b, "theirs", "", b"same photo", "fast")
+    await run_batches(batching, 2)
+    await wait_until(lambda: not batching.running)
+    assert batching.engine.batches == [[b"first"], [b"same photo"]]
+    assert a.answers()[-1] == ("done", "mine", False, b"protected:same photo")
+    assert b.answers() == [("done", "theirs", True, b"protected:same photo")]

@@ -23,7 +23,7 @@ from PIL import Image
 
 from lowkey_daemon.auth import ensure_token, write_new_token
 from lowkey_daemon.config import CHROMIUM_EXTENSION_ID, load_config
-from lowkey_daemon.jobs import JobScheduler
+from lowkey_daemon.jobs import JobScheduler, SinglePhotoEngine
 from lowkey_daemon.protocol import CloseCode, decode_frame, encode_frame
 from lowkey_daemon.server import SCHEDULER, build_app
 from lowkey_engine.images import formats
@@ -49,6 +49,7 @@ port = 0
 device = "cpu"
 preset = "fast"
 torch_threads = 1
+face_budget = 4
 token_file = "{token_file}"
 
 [limits]
@@ -457,7 +458,7 @@ async def test_engine_failure_is_internal_and_says_nothing_more(start_daemon, to
         raise RuntimeError("CUDA exploded at 0xdeadbeef")
 
     client = await start_daemon(
-        scheduler_for=lambda config: JobScheduler(config, protect_function=broken_engine, warm=False))
+        scheduler_for=lambda config: JobScheduler(config, engine=SinglePhotoEngine(broken_engine), warm=False))
     wire = await paired(client, token_file)
     await wire.protect("boom", photos[8].read_bytes(), preset="routing")
     header, _ = await wire.answer("boom")
@@ -561,7 +562,7 @@ def resting_engine(seconds: float):
     def engine(payload, settings, progress):
         time.sleep(seconds)
         return Protected(payload, "image/png", "PNG", 2, 2, (), seconds, "cpu", settings.preset)
-    return lambda config: JobScheduler(config, protect_function=engine, warm=False)
+    return lambda config: JobScheduler(config, engine=SinglePhotoEngine(engine), warm=False)
 
 
 async def closed_after(wire: Wire) -> float:

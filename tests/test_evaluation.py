@@ -171,6 +171,24 @@ def test_cache_returns_the_stored_photo_without_protecting_again(tmp_path):
     ProtectCache(tmp_path / "cache", fake).get(_encoded(40, 30), settings)            # new photo: new attack
     assert fake.calls == 3
     assert cache_key(photo, settings) != cache_key(photo, settings.replace(seed=1))
+    # photos attacked in batches are kept apart from those attacked one at a time
+    assert cache_key(photo, settings) == cache_key(photo, settings, face_budget=1)
+    assert len({cache_key(photo, settings, face_budget=b) for b in (1, 4, 8)}) == 3
+    with pytest.raises(ValueError, match="stand-in"):
+        ProtectCache(tmp_path / "cache", fake).get_many([photo], settings, face_budget=4)
+
+
+def test_a_batched_evaluation_caches_what_it_protected_apart(tmp_path, faces_dir):
+    cache = ProtectCache(tmp_path / "cache")
+    lfw = sorted(p for p in (faces_dir / "lfw-dev").iterdir() if p.is_dir())[:3]
+    photos = [sorted(folder.iterdir())[0].read_bytes() for folder in lfw]
+    settings = ProtectSettings.from_preset("fast", steps=2, device="cpu")
+    batched = cache.get_many(photos, settings, face_budget=4)
+    assert cache.misses == 3 and all(len(entry.boxes) == 1 for entry in batched)
+    again = ProtectCache(tmp_path / "cache").get_many(photos, settings, face_budget=4)
+    assert [e.data for e in again] == [e.data for e in batched] and all(e.from_cache for e in again)
+    alone = ProtectCache(tmp_path / "cache").get(photos[1], settings)
+    assert not alone.from_cache
 
 
 # --- the protocol, with a fake recognizer --------------------------------------------------------

@@ -141,6 +141,22 @@ def test_cli_writes_beside_inputs_reports_failures_and_goes_on(tmp_path, portrai
     assert "1 face(s) protected" in captured.out
 
 
+def test_cli_protects_a_folder_in_batches_as_it_would_one_photo_at_a_time(tmp_path, faces_dir, capsys):
+    album = tmp_path / "album"
+    album.mkdir()
+    for photo in ("sample1.jpg", "obama.jpg", "biden.jpg"):
+        (album / photo).write_bytes((faces_dir / "photos-group" / photo).read_bytes())
+    args = ["protect", str(album), "--preset", "fast", "--device", "cpu", "-q"]
+    for budget, folder in (("8", "batched"), ("1", "alone")):
+        assert lowkey(args + ["--face-budget", budget, "--out-dir", str(tmp_path / folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("face(s) protected") == 6
+    for photo in ("sample1.jpg", "obama.jpg", "biden.jpg"):
+        batched, alone = (pixels_of((tmp_path / folder / photo).read_bytes()) for folder in ("batched", "alone"))
+        assert (batched - alone).abs().mean() < 1 / 255      # as alone, up to float noise (test_batching.py)
+    assert lowkey(["protect", str(album), "--face-budget", "-1", "-q"]) == 2
+
+
 def test_cli_refuses_to_overwrite_an_input(tmp_path, portrait, capsys):
     photo = tmp_path / "me.jpg"
     photo.write_bytes(portrait)

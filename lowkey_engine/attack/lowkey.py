@@ -63,13 +63,44 @@ TRANSFORM_PROBABILITY = 0.5
 WARP_STEP_SHARE = 0.25
 
 
-def combine_members(distances: Tensor, focus: float | None) -> Tensor:
+def combine_members(distances: Tensor, focus: float | None, chosen: Tensor | None = None) -> Tensor:
     """The ensemble's distance per face from its members' (M, N): their mean (`focus` None), or a
     soft minimum at temperature `focus` (squared-distance units), between the mean (large focus)
-    and the smallest (small focus), so the members that still recognize the face weigh most."""
+    and the smallest (small focus), so the members that still recognize the face weigh most.
+    `chosen` (M, N) bool: which members count for each face (None: all); the others' entries are
+    ignored (each face of a batch may attack its own subset of the members)."""
+    if chosen is None:
+        if focus is None:
+            return distances.mean(0)
+        return -focus * (torch.logsumexp(-distances / focus, 0) - math.log(distances.shape[0]))
+    count = chosen.sum(0).clamp_min(1)
     if focus is None:
-        return distances.mean(0)
-    return -focus * (torch.logsumexp(-distances / focus, 0) - math.log(distances.shape[0]))
+        return torch.where(chosen, distances, torch.zeros_like(distances)).sum(0) / count
+    masked = torch.where(chosen, -distances / focus, torch.full_like(distances, -math.inf))
+    return -focus * (torch.logsumexp(masked, 0) - count.log())
+
+
+@dataclass
+class PhotoFaces:
+    """One photo's faces, as the attack takes them (`LowKeyAttack.run_photos`).
+
+    crops: (n, 3, S, S) RGB in [0, 1]; landmarks: (n, 5, 2) in crop pixels; mask: (n, 1, S, S) in
+    [0, 1], how much of the change reaches each pixel (None = everywhere); face_widths: (n,) crop
+    pixels (needed by `warp_face_share`); budget_scale: (n, 1, S, S) >= 0, the budget map (None =
+    uniform); progress: this photo's progress(stage, done, total), called after every step. An
+    exception raised by it takes this photo out of the batch at that step (the others go on) and
+    becomes this photo's outcome."""
+
+    crops: Tensor
+    landmarks: Tensor
+    mask: Tensor | None = None
+    face_widths: Tensor | None = None
+    budget_scale: Tensor | None = None
+    progress: ProgressCallback | None = None
+
+    @property
+    def count(self) -> int:
+        return self.crops.shape[0]
 
 
 @dataclass
@@ -181,32 +212,65 @@ class LowKeyAttack:
             return list(range(count))
         return sorted(torch.randperm(count, generator=generator)[:self.members_per_step].tolist())
 
-    def _embedding_distance(self, views: Tensor, landmarks: Tensor, clean: list[Tensor], members: list[int],
-                            generator: torch.Generator) -> Tensor:
-        """Per face (N,): the mean over `members` (or their soft minimum, `member_focus`) of the mean
-        over the views of the squared distance to the clean embedding, for the view plus for its
-        Gaussian-smoothed copy (`smooth_every_view`; else once per view, doubled to the same
+    def _embedding_distance(self, views: Tensor, landmarks: Tensor, clean: list[Tensor], batch: "_PhotoBatch",
+                            members: list[list[int]]) -> Tensor:
+        """Per face (N,): the mean over its photo's `members` (or their soft minimum, `member_focus`)
+        of the mean over the views of the squared distance to the clean embedding, for the view plus
+        for its Gaussian-smoothed copy (`smooth_every_view`; else once per view, doubled to the same
         scale, the views already smoothed at random). views (V*N, 3, S, S) and landmarks
-        (V*N, 5, 2) hold V views of the N faces, view-major."""
+        (V*N, 5, 2) hold V views of the N faces, view-major; members[p] lists photo p's members."""
         faces = clean[0].shape[0]
         branches = 2 if self.smooth_every_view else 1
         if self.smooth_every_view:
             with record_function("lowkey:smoothed branch"):
                 views = torch.cat([views, gaussian_blur(views, self.blur_kernel, self.blur_sigma)])
                 landmarks = torch.cat([landmarks, landmarks])
-        per_member = []
-        for index in members:
-            recognizer = self.recognizers[index]
+        copies = views.shape[0] // faces                  # branches x views, each a run of N faces
+        everyone = all(len(m) == len(self.recognizers) for m in members)
+        per_member, chosen = [], []
+        for index in sorted({i for m in members for i in m}):
+            photos = [p for p, m in enumerate(members) if index in m]
+            rows = batch.rows(photos)                      # this member's faces, None = all
+            seen, points = views, landmarks
+            if rows is not None:
+                every_copy = (rows[None] + faces * torch.arange(copies)[:, None]).flatten().to(views.device)
+                seen, points = views.index_select(0, every_copy), landmarks.index_select(0, every_copy)
+            augment = self._augment(batch, photos)
             with record_function("lowkey:surrogates"):
-                if self.input_diversity.enabled:
-                    embedded = recognizer.embed(views, landmarks,
-                                                augment=lambda aligned: self.input_diversity(aligned, generator))
-                else:
-                    embedded = recognizer.embed(views, landmarks)
-            squared = (embedded.view(-1, faces, embedded.shape[-1]) - clean[index]).pow(2).sum(-1)
+                recognizer = self.recognizers[index]
+                embedded = (recognizer.embed(seen, points) if augment is None
+                            else recognizer.embed(seen, points, augment=augment))
+            target = clean[index] if rows is None else clean[index].index_select(0, rows.to(views.device))
+            squared = (embedded.view(copies, -1, embedded.shape[-1]) - target).pow(2).sum(-1)
             # sharp + smoothed (or twice the one view), mean over views
-            per_member.append(squared.view(branches, -1, faces).sum(0).mean(0) * (2 / branches))
-        return combine_members(torch.stack(per_member), self.member_focus)
+            distance = squared.view(branches, -1, target.shape[0]).sum(0).mean(0) * (2 / branches)
+            if rows is not None:
+                distance = distance.new_zeros(faces).index_put((rows.to(views.device),), distance)
+            per_member.append(distance)
+            chosen.append(batch.face_mask(photos, views.device))
+        return combine_members(torch.stack(per_member), self.member_focus, None if everyone else torch.stack(chosen))
+
+    def _augment(self, batch: "_PhotoBatch", photos: list[int]) -> Callable[[Tensor], Tensor] | None:
+        """The input-diversity transform of the aligned faces of `photos` (copies x their faces,
+        copy-major), each photo's part drawn from that photo's generator; None when off."""
+        if not self.input_diversity.enabled:
+            return None
+        if len(batch.generators) == 1:
+            return lambda aligned: self.input_diversity(aligned, batch.generators[0])
+        counts = [batch.counts[p] for p in photos]
+
+        def augment(aligned: Tensor) -> Tensor:
+            copies = aligned.shape[0] // sum(counts)
+            grid = aligned.view(copies, sum(counts), *aligned.shape[1:])
+            parts, start = [], 0
+            for photo, count in zip(photos, counts):
+                part = grid[:, start:start + count].reshape(-1, *aligned.shape[1:])
+                parts.append(self.input_diversity(part, batch.generators[photo]).view(copies, count,
+                                                                                       *aligned.shape[1:]))
+                start += count
+            return torch.cat(parts, 1).view_as(aligned)
+
+        return augment
 
     def _jitter_landmarks(self, landmarks: Tensor, generator: torch.Generator) -> Tensor:
         """A random similarity transform of each face's landmarks about their centre: shift by up
@@ -226,6 +290,16 @@ class LowKeyAttack:
                                sin[..., 0] * offset[..., 0] + cos[..., 0] * offset[..., 1]], dim=-1)
         return centre + scale * rotated + self.shift_px * uniform(1, 2)
 
+    def _draws(self, protected: Tensor, landmarks: Tensor, batch: "_PhotoBatch") -> tuple[Tensor, Tensor]:
+        """This step's `views` views of every face and their jittered landmarks, view-major
+        (V*N, ...): each photo's upload-pipeline and alignment draws from its own generator, in
+        the same order as when the photo is attacked alone."""
+        views = [torch.cat([self._view(protected[part], generator) for part, generator in batch.parts()])
+                 for _ in range(self.views)]
+        jittered = [torch.cat([self._jitter_landmarks(landmarks[part], generator) for part, generator in batch.parts()])
+                    for _ in range(self.views)]
+        return torch.cat(views), torch.cat(jittered)
+
     def __call__(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
                  progress: ProgressCallback | None = None, face_widths: Tensor | None = None,
                  budget_scale: Tensor | None = None) -> Tensor:
@@ -235,7 +309,7 @@ class LowKeyAttack:
     def run(self, crops: Tensor, landmarks: Tensor, mask: Tensor | None = None,
             progress: ProgressCallback | None = None, face_widths: Tensor | None = None,
             budget_scale: Tensor | None = None) -> "AttackResult":
-        """The change to add to each crop, and its parts.
+        """The change to add to each crop of one photo, and its parts.
 
         crops: (N, 3, S, S) RGB in [0, 1]; landmarks: (N, 5, 2) in crop pixels; mask: (N, 1, S, S)
         in [0, 1], how much of the change reaches each pixel (feathering); None = everywhere;
@@ -244,32 +318,63 @@ class LowKeyAttack:
         None = the uniform budget.
         The additive part stays within the budget (|change| <= epsilon, and within the ΔE2000
         cap when there is one) measured against the warped clean crop when there is a warp.
+        An exception raised by `progress` stops the attack and is raised from here.
         """
-        generator = torch.Generator().manual_seed(self.seed)
-        crops = crops.detach()
-        mask = torch.ones_like(crops[:, :1]) if mask is None else mask.detach()
+        (outcome,) = self.run_photos([PhotoFaces(crops, landmarks, mask, face_widths, budget_scale, progress)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def run_photos(self, photos: Sequence[PhotoFaces]) -> list["AttackResult | BaseException"]:
+        """Attack the faces of several photos in one batch; per photo, its `AttackResult`, or the
+        exception its progress callback raised to stop it.
+
+        Every photo draws its randomness (start, upload pipeline, alignment, members, diversity)
+        from its own generator seeded with `seed`, and every term of the objective is per face, so
+        a photo's protection does not depend on the other photos in its batch: batched, it is what
+        it is alone, up to the last bits of floating point that batch sizes change in the
+        convolutions (which the signed steps may amplify into a level here and there).
+        All photos share the crop size S and must all give `budget_scale`, or none.
+        """
+        if not photos:
+            return []
+        if len({p.budget_scale is None for p in photos}) > 1:
+            raise ValueError("give every photo of a batch a budget map, or none")
+        device = photos[0].crops.device
+        batch = _PhotoBatch(self.seed, [p.count for p in photos], [p.progress for p in photos])
+        crops = torch.cat([p.crops for p in photos]).detach()
+        landmarks = torch.cat([p.landmarks for p in photos])
+        mask = torch.cat([torch.ones_like(p.crops[:, :1]) if p.mask is None else p.mask for p in photos]).detach()
+        widths = None if any(p.face_widths is None for p in photos) else torch.cat([p.face_widths for p in photos])
         budget, warp = self.budget, self.warp
         with torch.no_grad(), record_function("lowkey:clean embeddings"):
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
-            scale = None if budget_scale is None else budget_scale.detach().to(crops)
+            scale = None if photos[0].budget_scale is None else torch.cat(
+                [p.budget_scale for p in photos]).detach().to(crops)
             limits = budget.limits(crops, scale)
-            reach = warp.reach(landmarks, mask, face_widths) if warp.enabled else None
-        shape = (crops.shape[0], budget.channels, *crops.shape[-2:])
-        start = (torch.rand(shape, generator=generator) * 2 - 1) * self.random_start
-        change = budget.project(start.to(crops.device, crops.dtype), crops, mask, limits, scale)
+            reach = warp.reach(landmarks, mask, widths) if warp.enabled else None
+        start = torch.cat([torch.rand((count, budget.channels, *crops.shape[-2:]), generator=generator)
+                           for (_, generator), count in zip(batch.parts(), batch.counts)])
+        start = (start * 2 - 1) * self.random_start
+        change = budget.project(start.to(device, crops.dtype), crops, mask, limits, scale)
         field = warp.zeros(crops)
         velocity, field_velocity = torch.zeros_like(change), torch.zeros_like(field)
+        # Per-face state, cut down when a photo leaves the batch (its progress callback raised)
+        state = {"crops": crops, "landmarks": landmarks, "mask": mask, "widths": widths, "scale": scale,
+                 "limits": limits, "reach": reach, "clean": clean, "change": change, "field": field,
+                 "velocity": velocity, "field_velocity": field_velocity}
         for step in range(self.steps):
-            change.requires_grad_(True)
-            field.requires_grad_(warp.enabled)
+            crops, landmarks, mask, scale, reach, clean, limits = (
+                state[k] for k in ("crops", "landmarks", "mask", "scale", "reach", "clean", "limits"))
+            change = state["change"].requires_grad_(True)
+            field = state["field"].requires_grad_(warp.enabled)
             base = warp.apply(crops, field, reach) if warp.enabled else crops
             reference = base.detach()              # what the additive part is measured against
             protected, applied = self._protected(base, change, mask)
-            members = self._members(generator)
+            members = [self._members(generator) for _, generator in batch.parts()]
             with record_function("lowkey:upload pipeline and alignment draws"):
-                views = torch.cat([self._view(protected, generator) for _ in range(self.views)])
-                jittered = torch.cat([self._jitter_landmarks(landmarks, generator) for _ in range(self.views)])
-            distance = self._embedding_distance(views, jittered, clean, members, generator)
+                views, jittered = self._draws(protected, landmarks, batch)
+            distance = self._embedding_distance(views, jittered, clean, batch, members)
             with record_function("lowkey:penalties"):
                 penalty = self.penalty_weight * (1 - ssim(reference + applied, reference, weight=mask))
                 if self.shading_weight:
@@ -279,26 +384,42 @@ class LowKeyAttack:
                 gradients = torch.autograd.grad(objective, [change, field] if warp.enabled else [change])
             with torch.no_grad(), record_function("lowkey:step and projection"):
                 share = self.step_size_at(step) / self.step_size
-                velocity = self._momentum(velocity, gradients[0])
+                velocity = self._momentum(state["velocity"], gradients[0])
                 if warp.enabled:
-                    limits = budget.limits(reference, scale)
-                change = budget.project(change + share * self.step_size * velocity.sign(), reference, mask, limits,
-                                        scale)
+                    limits = state["limits"] = budget.limits(reference, scale)
+                state["change"] = budget.project(change.detach() + share * self.step_size * velocity.sign(),
+                                                 reference, mask, limits, scale)
+                state["velocity"] = velocity
                 if warp.enabled:
-                    field_velocity = self._momentum(field_velocity, gradients[1])
-                    field = warp.project(field + share * WARP_STEP_SHARE * warp.step_unit * field_velocity.sign())
-            if progress:
-                progress("attack", step + 1, self.steps)
-        with torch.no_grad():
-            if not warp.enabled:
-                protected, applied = self._protected(crops, change.detach(), mask)
-                return AttackResult(applied.contiguous(), applied.contiguous())
-            # the last step moved the warp: the additive part projected once more, onto its final base
-            displacement = warp.displacement(field.detach(), reach)
-            base = warp.apply(crops, field.detach(), reach)
-            change = budget.project(change.detach(), base, mask, budget.limits(base, scale), scale)
-            protected, applied = self._protected(base, change, mask)
-            return AttackResult((protected - crops).contiguous(), applied.contiguous(), displacement, face_widths)
+                    state["field_velocity"] = self._momentum(state["field_velocity"], gradients[1])
+                    state["field"] = warp.project(field.detach() + share * WARP_STEP_SHARE * warp.step_unit
+                                                  * state["field_velocity"].sign())
+            leaving = batch.report("attack", step + 1, self.steps)
+            if leaving:
+                state = batch.drop(leaving, state)
+                if not batch.counts:
+                    break
+        if batch.counts:
+            with torch.no_grad():
+                outcome = self._finish(state, widths=state["widths"])
+            for (part, _), photo in zip(batch.parts(), batch.photos):
+                batch.outcomes[photo] = outcome.part(part)
+        return batch.outcomes
+
+    def _finish(self, state: dict, widths: Tensor | None) -> "AttackResult":
+        """The attack's result for the faces still in the batch, from its final state."""
+        crops, mask, scale, reach = state["crops"], state["mask"], state["scale"], state["reach"]
+        change = state["change"].detach()
+        if not self.warp.enabled:
+            protected, applied = self._protected(crops, change, mask)
+            return AttackResult(applied.contiguous(), applied.contiguous())
+        # the last step moved the warp: the additive part projected once more, onto its final base
+        field = state["field"].detach()
+        displacement = self.warp.displacement(field, reach)
+        base = self.warp.apply(crops, field, reach)
+        change = self.budget.project(change, base, mask, self.budget.limits(base, scale), scale)
+        protected, applied = self._protected(base, change, mask)
+        return AttackResult((protected - crops).contiguous(), applied.contiguous(), displacement, widths)
 
     def _protected(self, base: Tensor, change: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """The protected crops in [0, 1]: `base` (the clean crops, warped when there is a warp)
@@ -312,6 +433,72 @@ class LowKeyAttack:
         """MI-FGSM: accumulate the gradient normalised per face (mean |g| = 1)."""
         scale = gradient.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (gradient.dim() - 1)))
         return self.momentum * velocity + gradient / scale
+
+
+class _PhotoBatch:
+    """The photos of one attack batch: which are still in it (in order), their faces' rows, their
+    generators and progress callbacks, and the outcomes of those that have left or finished.
+    Positions (`p`) count the photos still in the batch; `photos[p]` is the photo's index as given."""
+
+    def __init__(self, seed: int, counts: Sequence[int], progress: Sequence[ProgressCallback | None]):
+        self.photos = list(range(len(counts)))
+        self.counts = list(counts)
+        self.generators = [torch.Generator().manual_seed(seed) for _ in counts]
+        self.progress = list(progress)
+        self.outcomes: list[AttackResult | BaseException | None] = [None] * len(counts)
+
+    def parts(self) -> list[tuple[slice, torch.Generator]]:
+        """Each remaining photo's rows of the batch, and its generator."""
+        ends = torch.tensor(self.counts).cumsum(0).tolist()
+        return [(slice(end - count, end), generator)
+                for end, count, generator in zip(ends, self.counts, self.generators)]
+
+    def rows(self, positions: list[int]) -> Tensor | None:
+        """The batch rows (K,) of the faces of the photos at `positions`; None when that is all."""
+        if len(positions) == len(self.counts):
+            return None
+        parts = self.parts()
+        return torch.cat([torch.arange(parts[p][0].start, parts[p][0].stop) for p in positions])
+
+    def face_mask(self, positions: list[int], device) -> Tensor:
+        """(N,) bool: True on the faces of the photos at `positions`."""
+        chosen = torch.zeros(sum(self.counts), dtype=torch.bool)
+        for p in positions:
+            chosen[self.parts()[p][0]] = True
+        return chosen.to(device)
+
+    def report(self, stage: str, done: int, total: int) -> list[int]:
+        """Tell every remaining photo its progress; the positions of those whose callback raised
+        (the exception kept as that photo's outcome)."""
+        leaving = []
+        for position, (photo, callback) in enumerate(zip(self.photos, self.progress)):
+            if callback is None:
+                continue
+            try:
+                callback(stage, done, total)
+            except Exception as stop:  # noqa: BLE001 - whatever its own callback raised stops this photo only
+                self.outcomes[photo] = stop
+                leaving.append(position)
+        return leaving
+
+    def drop(self, positions: list[int], state: dict) -> dict:
+        """Take the photos at `positions` out of the batch; `state` (per-face tensors, tuples and
+        lists of them, or None) cut down to the remaining faces' rows."""
+        parts = self.parts()
+        keep = [p for p in range(len(self.counts)) if p not in positions]
+        rows = torch.cat([torch.arange(parts[p][0].start, parts[p][0].stop) for p in keep]) if keep else None
+        for name in ("photos", "counts", "generators", "progress"):
+            setattr(self, name, [getattr(self, name)[p] for p in keep])
+        return {key: _take_rows(value, rows) for key, value in state.items()}
+
+
+def _take_rows(value, rows: Tensor | None):
+    """`value` (a per-face tensor, a tuple or list of them, or None) at `rows` (None: nothing left)."""
+    if value is None or rows is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        return type(value)(_take_rows(v, rows) for v in value)
+    return value.index_select(0, rows.to(value.device))
 
 
 @dataclass(frozen=True)
@@ -338,3 +525,9 @@ class AttackResult:
         if self.displacement is None or self.face_widths is None:
             return None
         return largest_displacement_share(self.displacement, self.face_widths)
+
+    def part(self, rows: slice) -> "AttackResult":
+        """The result for the crops at `rows` (one photo's faces of a batch)."""
+        return AttackResult(self.change[rows], self.additive[rows],
+                            None if self.displacement is None else self.displacement[rows],
+                            None if self.face_widths is None else self.face_widths[rows])

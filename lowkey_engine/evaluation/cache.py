@@ -47,9 +47,14 @@ def settings_key(settings) -> dict:
     return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_CACHE_KEY}
 
 
-def cache_key(data: bytes, settings) -> str:
-    blob = json.dumps({"version": CACHE_VERSION, "photo": hashlib.sha256(data).hexdigest(),
-                       "settings": settings_key(settings)}, sort_keys=True, default=list)
+def cache_key(data: bytes, settings, face_budget: int = 1) -> str:
+    """What a protected photo is stored under: its bytes, the settings, and, when the photo was
+    attacked in batches of more than one face (`face_budget`), that budget: a batch's other photos
+    change its float arithmetic (batching.py), so the two paths never serve each other's photos."""
+    key = {"version": CACHE_VERSION, "photo": hashlib.sha256(data).hexdigest(), "settings": settings_key(settings)}
+    if face_budget > 1:
+        key["face_budget"] = face_budget
+    blob = json.dumps(key, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -69,33 +74,69 @@ class ProtectCache:
         return base.with_suffix(".bin"), base.with_suffix(".json")
 
     def get(self, data: bytes, settings, progress=None) -> CachedProtection:
-        key = cache_key(data, settings)
-        if self.folder is not None:
-            blob_path, meta_path = self._paths(key)
-            if blob_path.is_file() and meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
-                self.hits += 1
-                return CachedProtection(blob_path.read_bytes(), meta["format"],
-                                        tuple(tuple(b) for b in meta["boxes"]), meta["seconds"],
-                                        meta["photo_psnr"], from_cache=True)
-        self.misses += 1
+        """The photo protected with `settings`: from disk, or protected now (and stored)."""
+        return self.get_many([data], settings, lambda index: progress)[0]
+
+    def get_many(self, photos: Sequence[bytes], settings, progress=None, face_budget: int = 1
+                 ) -> list[CachedProtection]:
+        """Every photo protected with `settings`, in order: from disk, or protected now (and
+        stored). face_budget > 1: the photos not on disk are attacked together, that many faces a
+        batch (batching.protect_many; needs the engine's own protect). `progress(index)` gives
+        photo `index`'s progress callback. A photo that cannot be protected raises."""
+        keys = [cache_key(data, settings, face_budget) for data in photos]
+        found: dict[int, CachedProtection] = {}
+        for index, key in enumerate(keys):
+            if (entry := self._load(key)) is not None:
+                found[index] = entry
+        self.hits += len(found)
+        missing = [i for i in range(len(photos)) if i not in found]
+        self.misses += len(missing)
+        for index, result in self._protect([photos[i] for i in missing], settings,
+                                           lambda k: progress(missing[k]) if progress else None, face_budget):
+            if isinstance(result, BaseException):
+                raise result
+            boxes = tuple(tuple(float(v) for v in f.box) for f in result.faces)
+            found[missing[index]] = entry = CachedProtection(result.data, result.format, boxes,
+                                                             float(result.seconds), result.photo_psnr)
+            self._store(keys[missing[index]], entry, settings)
+        return [found[i] for i in range(len(photos))]
+
+    def _protect(self, photos: list[bytes], settings, progress, face_budget: int):
+        """(index, Protected or exception) for each photo, one at a time or in batches."""
+        if face_budget > 1:
+            if self._protect_fn is not None:
+                raise ValueError("batched protection runs the engine's own protect, not a stand-in")
+            from ..batching import protect_many
+
+            yield from protect_many(photos, settings, progress, face_budget=face_budget)
+            return
         protect_fn = self._protect_fn
         if protect_fn is None:
             from ..protect import protect as protect_fn
-        result = protect_fn(data, settings, progress)
-        boxes = tuple(tuple(float(v) for v in f.box) for f in result.faces)
-        entry = CachedProtection(result.data, result.format, boxes,
-                                 float(result.seconds), result.photo_psnr)
-        if self.folder is not None:
-            blob_path, meta_path = self._paths(key)
-            blob_path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = blob_path.with_suffix(".bin.tmp")
-            temporary.write_bytes(entry.data)
-            temporary.replace(blob_path)
-            meta_path.write_text(json.dumps({"format": entry.format, "boxes": entry.boxes, "seconds": entry.seconds,
-                                             "photo_psnr": entry.photo_psnr, "settings": settings_key(settings)},
-                                            default=list))
-        return entry
+        for index, data in enumerate(photos):
+            yield index, protect_fn(data, settings, progress(index))
+
+    def _load(self, key: str) -> CachedProtection | None:
+        if self.folder is None:
+            return None
+        blob_path, meta_path = self._paths(key)
+        if not (blob_path.is_file() and meta_path.is_file()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        return CachedProtection(blob_path.read_bytes(), meta["format"], tuple(tuple(b) for b in meta["boxes"]),
+                                meta["seconds"], meta["photo_psnr"], from_cache=True)
+
+    def _store(self, key: str, entry: CachedProtection, settings) -> None:
+        if self.folder is None:
+            return
+        blob_path, meta_path = self._paths(key)
+        blob_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = blob_path.with_suffix(".bin.tmp")
+        temporary.write_bytes(entry.data)
+        temporary.replace(blob_path)
+        meta_path.write_text(json.dumps({"format": entry.format, "boxes": entry.boxes, "seconds": entry.seconds,
+                                         "photo_psnr": entry.photo_psnr, "settings": settings_key(settings)},
+                                        default=list))
 
 
 # --- what recognizers saw, cached -------------------------------------------------------------

@@ -78,6 +78,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {' '.join(DEFAULT_TRANSFORMS)})")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 5], help="rank-k accuracies to report")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--face-budget", type=int, default=1, metavar="N",
+                        help="attack up to N faces of several gallery photos together, as the daemon and "
+                             "`lowkey protect` do (default 1: one photo at a time)")
     parser.add_argument("--out", default="lowkey-eval", help="folder for results.json, results.md and the PNGs")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", default=None, help=f"protected-photo cache (default {default_cache_dir()})")
@@ -101,7 +104,7 @@ def run_eval(args: argparse.Namespace) -> int:
                         protect_limit=args.protect_limit, max_per_identity=args.max_per_identity,
                         seed=args.seed, recognizers=tuple(args.recognizers), real_dlib=args.real_dlib,
                         transforms=tuple(args.transforms), ranks=tuple(args.ranks), device=args.device,
-                        cache_dir=cache_dir, lpips=not args.no_lpips)
+                        cache_dir=cache_dir, lpips=not args.no_lpips, face_budget=args.face_budget)
     try:
         results = run_evaluation(config, quiet=args.quiet)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:

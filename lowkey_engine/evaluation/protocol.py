@@ -108,6 +108,9 @@ class EvalConfig:
     #: ensembles to attack with, each combined with each preset; empty = each preset's own ensemble.
     #: Every recognizer not in a run's ensemble is reported as held out for that run.
     ensembles: tuple[tuple[str, ...], ...] = ()
+    #: faces attacked together across gallery photos (batching.py); 1 = one photo at a time, the
+    #: path every recorded number used. Batched photos are cached apart from one-at-a-time ones.
+    face_budget: int = 1
 
     def settings(self) -> dict[str, Any]:
         """Run label (`run_label`) -> the ProtectSettings that run protects with."""
@@ -248,17 +251,23 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
     samples: dict[str, Any] = {"photos": [], "protected": {}}
     for preset, settings in settings_by_preset.items():
         results, per_photo = [], []
-        for index in bar(subject_gallery, desc=f"protect ({preset})", unit="photo"):
-            photo, data = gallery_photos[index], originals[index]
-            steps = bar(total=settings.steps, desc=photo.path.name, unit="step")
+        step_bars: dict[int, Any] = {}
 
-            def progress(stage, done, total, steps=steps):
+        def progress_of(k: int, settings=settings, step_bars=step_bars):
+            def progress(stage, done, total):                   # gallery photo k's steps
                 if stage == "attack":
+                    steps = step_bars.setdefault(k, bar(total=settings.steps, desc=f"photo {k + 1}", unit="step"))
                     steps.n = done
                     steps.refresh()
+            return progress
 
-            entry = cache.get(data, settings, progress)
+        with bar(total=len(subject_gallery), desc=f"protect ({preset})", unit="photo") as photos_bar:
+            entries = cache.get_many([originals[i] for i in subject_gallery], settings, progress_of, config.face_budget)
+            photos_bar.update(len(entries))
+        for steps in step_bars.values():
             steps.close()
+        for index, entry in zip(subject_gallery, entries):
+            photo, data = gallery_photos[index], originals[index]
             results.append(entry)
             original_pixels = decode_image(data).pixels
             protected_pixels = decode_image(entry.data).pixels
@@ -372,7 +381,7 @@ def run_evaluation(config: EvalConfig, *, protect_fn: ProtectFunction | None = N
             "ensembles": [list(e) for e in config.ensembles],
             "operating_points": {i.id: dataclasses.asdict(point) for i in infos
                                  if (point := operating_point(i.id)) is not None},
-            "ranks": list(config.ranks), "device": str(device),
+            "ranks": list(config.ranks), "device": str(device), "face_budget": config.face_budget,
             "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
         },
         "settings": {p: dataclasses.asdict(s) for p, s in settings_by_preset.items()},
