@@ -1,13 +1,25 @@
 """Daemon load benchmark: latency and throughput with 50 queued photos, cache hits, and the
-daemon's memory over 500 jobs.
+daemon's memory over 500 jobs; or, with --album, an album of twelve photos through the batching
+worker against one photo at a time.
 
     .venv/bin/python benchmarks/daemon_load.py [--device cpu] [--steps 1] [--torch-threads 1]
+    .venv/bin/python benchmarks/daemon_load.py --album [--album-preset fast] [--device cpu|cuda]
+        [--torch-threads 0] [--rounds 2] [--face-budget 0]
 
 Starts `python -m lowkey_daemon serve` as its own process (a fresh config directory, a free port,
 a custom preset "bench" = the fast preset with --steps attack steps), talks protocol v1 to it like
 the extension does, and reads its resident memory from /proc (Linux). Every photo is a distinct
 LFW photo (250x250, one face), so nothing is served from the cache except in the cache phase.
 Prints a Markdown summary and writes benchmarks/results/daemon-load-<device>.json.
+
+--album: twelve photos of mixed sizes and face counts (ALBUM: photos-deepface, photos-group, LFW;
+22 faces) sent at once over one socket, as the extension sends a multi-photo upload, to two
+daemons in turn: one photo at a time (`face_budget = 1`, `first_batch_faces = 0`: today's worker,
+the same engine) and batching (`face_budget` as given, 0 = measured at start; the first batch
+after idle 1 face). Each daemon gets a warm-up album first (the result cache is off, so every
+round runs the engine), then `--rounds` timed albums, the two daemons alternating round by round.
+Per round: photos a minute, seconds until the first photo is back, and until the last.
+Writes benchmarks/results/album-<device>.json.
 Run by hand on a quiet machine; never part of the test suite.
 """
 
@@ -89,14 +101,18 @@ class Client:
 
     async def protect(self, job_id: str, photo: bytes) -> tuple[dict, float]:
         """(answer header, seconds from send to answer)."""
+        sent = time.perf_counter()
+        header, received = await self.protect_with(job_id, photo, BENCH_PRESET)
+        return header, received - sent
+
+    async def protect_with(self, job_id: str, photo: bytes, preset: str) -> tuple[dict, float]:
+        """(answer header, perf_counter time it arrived)."""
         answer = asyncio.get_running_loop().create_future()
         self.waiting[job_id] = answer
-        sent = time.perf_counter()
-        await self.ws.send_bytes(encode_frame({"type": "protect", "id": job_id,
-                                               "preset": BENCH_PRESET}, photo))
+        await self.ws.send_bytes(encode_frame({"type": "protect", "id": job_id, "preset": preset}, photo))
         header, received = await answer
         assert header["type"] == "result", header
-        return header, received - sent
+        return header, received
 
     async def close(self) -> None:
         await self.ws.close()
@@ -161,6 +177,11 @@ def start_daemon(config_dir: Path, args) -> tuple[subprocess.Popen, int]:
         f"[limits]\nmax_queued_jobs = {max(64, args.queued)}\n"
         f"max_jobs_per_connection = {max(8, args.queued // args.clients + 1)}\n"
         f'[presets.{BENCH_PRESET}]\nbase = "fast"\nsteps = {args.steps}\n')
+    return launch(config_dir, port)
+
+
+def launch(config_dir: Path, port: int) -> tuple[subprocess.Popen, int]:
+    """`lowkey-daemon serve` with the daemon.toml in `config_dir`, once it listens on `port`."""
     env = {**os.environ, "LOWKEY_CONFIG_DIR": str(config_dir)}
     daemon = subprocess.Popen([sys.executable, "-m", "lowkey_daemon", "serve"], env=env,
                               stderr=subprocess.PIPE, text=True)
@@ -186,12 +207,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=1, help="attack steps of the bench preset")
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker (0: the idle cores)")
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--queued", type=int, default=50, help="photos queued at once")
     parser.add_argument("--jobs", type=int, default=500, help="jobs in the memory run")
     parser.add_argument("--faces-dir", type=Path, default=DEFAULT_FACES_DIR)
+    parser.add_argument("--album", action="store_true", help="the album benchmark instead (module docstring)")
+    parser.add_argument("--album-preset", default="fast", help="engine preset the album is protected with")
+    parser.add_argument("--face-budget", type=int, default=0, help="the batching daemon's (0: measured at start)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed albums per daemon, after a warm-up album")
     args = parser.parse_args()
+    if args.album:
+        album_benchmark(args)
+        return
 
     paths = sorted((args.faces_dir / "lfw-dev").glob("*/*.jpg"))
     needed = args.queued + args.jobs
@@ -247,6 +275,120 @@ def summary(r: dict) -> str:
         f"| {m['jobs']} jobs: wall / throughput | {m['wall_s']:.0f} s / "
         f"{m['jobs'] / m['wall_s']:.2f} photos/s |",
     ])
+
+
+# --------------------------------------------------------------------------- album
+
+#: Twelve photos as an album might hold them: (set, photo) under the faces folder. 22 faces: one
+#: photo of 4, three of 3, one of 2, seven of 1; from 250x250 LFW crops to a 14-megapixel portrait.
+ALBUM = (
+    ("photos-deepface", "person01/img1.jpg"),       # 1382x1868, 1 face
+    ("photos-deepface", "person02/img54.jpg"),      # 2000x2400, 3 faces
+    ("photos-group", "sample1.jpg"),                # 3 faces
+    ("lfw-dev", "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"),
+    ("photos-deepface", "person03/img49.jpg"),      # 4352x2903, 1 face
+    ("photos-deepface", "person11/img31.jpg"),      # 2500x1655, 2 faces
+    ("photos-group", "obama.jpg"),
+    ("lfw-dev", "Abdoulaye_Wade/Abdoulaye_Wade_0001.jpg"),
+    ("photos-deepface", "person05/img62.jpg"),      # 660x440, 3 faces
+    ("photos-group", "sample4.jpg"),                # 4 faces
+    ("photos-deepface", "person13/img40.jpg"),      # 3061x4600, 1 face
+    ("lfw-dev", "Adam_Sandler/Adam_Sandler_0001.jpg"),
+)
+#: The two daemons of the album benchmark: name -> extra top-level daemon.toml lines.
+ALBUM_DAEMONS = {"one photo at a time": "face_budget = 1\nfirst_batch_faces = 0\n",
+                 "batching": "face_budget = {face_budget}\nfirst_batch_faces = 1\n"}
+
+
+def start_album_daemon(config_dir: Path, args, extra: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "daemon.toml").write_text(
+        f'port = {port}\ndevice = "{args.device}"\npreset = "{args.album_preset}"\n'
+        f"torch_threads = {args.torch_threads}\n{extra}"
+        f"[limits]\ncache_megabytes = 0\nmax_jobs_per_connection = {len(ALBUM)}\n")
+    return launch(config_dir, port)
+
+
+async def face_budget_known(port: int) -> dict:
+    """The daemon's health once every worker has its face budget (measured at start)."""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"http://127.0.0.1:{port}/v1/health") as response:
+                health = await response.json()
+            if len(health.get("face_budget", {})) == len(health["devices"]):
+                return health
+            await asyncio.sleep(0.5)
+
+
+async def send_album(port: int, token: str, photos: list[bytes], preset: str, tag: str) -> dict:
+    """All photos at once over one socket; seconds from the send to each answer."""
+    async with aiohttp.ClientSession() as session:
+        client = await Client.open(session, f"http://127.0.0.1:{port}/v1/ws", token)
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(client.protect_with(f"{tag}-{i}", photo, preset)
+                                         for i, photo in enumerate(photos)))
+        await client.close()
+    back = sorted(received - started for _, received in answers)
+    faces = sum(header["faces"] for header, _ in answers)
+    return {"photos": len(photos), "faces": faces, "first_s": back[0], "last_s": back[-1],
+            "photos_per_minute": 60 * len(photos) / back[-1], "back_s": back}
+
+
+def album_benchmark(args) -> None:
+    photos = [(args.faces_dir / folder / name).read_bytes() for folder, name in ALBUM]
+    rounds: dict[str, list[dict]] = {name: [] for name in ALBUM_DAEMONS}
+    health: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="lowkey-album-") as tmp:
+        daemons = {}
+        try:
+            for name, extra in ALBUM_DAEMONS.items():        # one at a time: a budget measures alone
+                folder = Path(tmp) / name.replace(" ", "-")
+                daemon, port = start_album_daemon(folder, args, extra.format(face_budget=args.face_budget))
+                daemons[name] = (daemon, port, (folder / "pairing-token").read_text().strip())
+                health[name] = asyncio.run(face_budget_known(port))
+            for name, (_, port, token) in daemons.items():   # warm-up
+                asyncio.run(send_album(port, token, photos, args.album_preset, "warm"))
+            for round_index in range(args.rounds):
+                for name, (_, port, token) in daemons.items():
+                    rounds[name].append(asyncio.run(send_album(port, token, photos, args.album_preset,
+                                                               f"r{round_index}")))
+        finally:
+            for daemon, _, _ in daemons.values():
+                daemon.terminate()
+                daemon.wait(timeout=60)
+    results = {"album": [f"{folder}/{name}" for folder, name in ALBUM], "preset": args.album_preset,
+               "device": args.device, "torch_threads": args.torch_threads, "rounds": rounds,
+               "face_budget": {name: h.get("face_budget") for name, h in health.items()},
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+               "load_average": os.getloadavg()}
+    out = HERE / "results" / f"album-{args.device}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(album_summary(results))
+    print(f"\nwrote {out}")
+
+
+def album_summary(r: dict) -> str:
+    base, batched = (r["rounds"][name] for name in ALBUM_DAEMONS)
+
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    lines = [f"album of {base[0]['photos']} photos ({base[0]['faces']} faces), preset {r['preset']}, device "
+             f"{r['device']}, torch threads {r['torch_threads'] or 'the idle cores'}, face budget "
+             f"{r['face_budget']}; {r['machine']}, load average "
+             f"{', '.join(f'{x:.1f}' for x in r['load_average'])}", "",
+             "| worker | round | photos a minute | first photo back (s) | last photo back (s) |",
+             "|---|---|---|---|---|"]
+    for name, runs in r["rounds"].items():
+        for index, run in enumerate(runs):
+            lines.append(f"| {name} | {index + 1} | {run['photos_per_minute']:.1f} | {run['first_s']:.1f} | "
+                         f"{run['last_s']:.1f} |")
+    lines += ["", f"batching / one at a time, medians: throughput "
+              f"{median(batched, 'photos_per_minute') / median(base, 'photos_per_minute'):.2f}x, first photo back "
+              f"{median(batched, 'first_s') / median(base, 'first_s'):.2f}x the time"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

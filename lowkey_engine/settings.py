@@ -51,6 +51,11 @@ class ProtectSettings:
     member_focus: float | None = None         # None: the members' distances are averaged; a temperature
                                               # (squared-distance units, 0-8): their soft minimum, so the
                                               # members that still recognize the face weigh most
+    identity_centre: bool = False             # True: push each face away from the centre of the faces of
+    identity_link_cosine: float = 0.45        # its person among the photos attacked together (an album;
+                                              # same person: mean clean cosine over the members at least
+                                              # this, faces of other photos), not only from its own clean
+                                              # embedding; alone, or with no such face, the same as False
     views: int = 1                            # upload-pipeline and alignment draws per step, one batch
     diversity: str = "none"                   # random transform of the aligned faces the surrogates see:
     diversity_probability: float = 0.5        # "none", "resize_pad", "block_shuffle", "structure"

@@ -282,3 +282,23 @@ def test_a_photo_whose_progress_raises_leaves_the_batch_and_the_others_go_on():
         torch.testing.assert_close(outcome.change, attack.run_photos([photo])[0].change, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="cancelled"):
         attack.run(photos[1].crops, photos[1].landmarks, photos[1].mask, progress=stop_at_step_two)
+
+
+def test_the_identity_centre_pushes_album_photos_of_one_person_from_their_common_centre():
+    attack = LowKeyAttack([PooledPixels()], steps=3, identity_centre=True, identity_link_cosine=0.9)
+    first, other = stand_in_photos(1, 1)
+    again = PhotoFaces(first.crops + 0.01 * torch.randn_like(first.crops), first.landmarks, first.mask,
+                       first.face_widths)               # the same person in another photo of the album
+    batch = _PhotoBatch(0, [1, 1, 1], [None] * 3)
+    clean = [torch.cat([PooledPixels().embed(p.crops, p.landmarks) for p in (first, again, other)])]
+    (centres,) = attack._identity_centres(clean, batch)
+    expected = torch.nn.functional.normalize(clean[0][:2].mean(0), dim=0)
+    torch.testing.assert_close(centres[:2], expected.expand(2, -1))
+    assert torch.equal(centres[2], clean[0][2])                    # a person alone keeps their own
+    together = attack.run_photos([first, again, other])
+    alone = [attack.run_photos([p])[0] for p in (first, again, other)]
+    assert not torch.equal(together[0].change, alone[0].change)    # the album changed the target...
+    assert torch.equal(together[2].change, alone[2].change)        # ...only for that person's photos
+    # two faces of one photo are never taken for one person
+    (same_photo,) = attack._identity_centres(clean, _PhotoBatch(0, [2, 1], [None] * 2))
+    assert torch.equal(same_photo[:2], clean[0][:2])

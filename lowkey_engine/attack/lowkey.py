@@ -27,6 +27,11 @@ With a warp, the additive change's budget and penalties are measured against the
 face (the change added after the warp), so the geometry is paid for by its own budget only.
 - `diversity`: a random transform of the aligned faces each surrogate sees (diversity.py: resize
   and pad, block shuffle, per-block transforms), for transfer to recognizers never attacked.
+- `identity_centre`: an identity-level objective. When several photos of one person are attacked
+  together (an album), each of their faces is pushed away from the centre of that person's clean
+  embeddings (per member), where the person's other photos (the probes a face search would
+  match) lie, rather than from its own photo's embedding only. Then, and only then, a photo's
+  protection depends on the other photos of its batch.
 
     attack = LowKeyAttack(recognizers, steps=60)
     change = attack(crops, landmarks, mask)          # protected = crops + change, in [0, 1]
@@ -141,6 +146,8 @@ class LowKeyAttack:
     warp_grid: int = _DEFAULTS.warp_grid
     diversity: str = _DEFAULTS.diversity
     diversity_probability: float = _DEFAULTS.diversity_probability
+    identity_centre: bool = _DEFAULTS.identity_centre
+    identity_link_cosine: float = _DEFAULTS.identity_link_cosine
     seed: int = _DEFAULTS.seed
 
     def __post_init__(self):
@@ -349,6 +356,8 @@ class LowKeyAttack:
         budget, warp = self.budget, self.warp
         with torch.no_grad(), record_function("lowkey:clean embeddings"):
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
+            if self.identity_centre:
+                clean = self._identity_centres(clean, batch)
             scale = None if photos[0].budget_scale is None else torch.cat(
                 [p.budget_scale for p in photos]).detach().to(crops)
             limits = budget.limits(crops, scale)
@@ -405,6 +414,29 @@ class LowKeyAttack:
             for (part, _), photo in zip(batch.parts(), batch.photos):
                 batch.outcomes[photo] = outcome.part(part)
         return batch.outcomes
+
+    def _identity_centres(self, clean: list[Tensor], batch: "_PhotoBatch") -> list[Tensor]:
+        """Per member, each face's target: the unit mean of the clean embeddings (N, D) of its
+        person's faces in the batch. Two faces of different photos are one person when their clean
+        embeddings' cosine, averaged over the members, is at least `identity_link_cosine`; people
+        are the connected groups of such links (a face without one keeps its own embedding)."""
+        photo = torch.repeat_interleave(torch.arange(len(batch.counts)), torch.tensor(batch.counts))
+        similarity = torch.stack([(e @ e.T).cpu() for e in clean]).mean(0)
+        linked = (similarity >= self.identity_link_cosine) & (photo[:, None] != photo[None, :])
+        person = list(range(len(photo)))             # union-find over the links
+
+        def root(face: int) -> int:
+            while person[face] != face:
+                person[face] = person[person[face]]
+                face = person[face]
+            return face
+
+        for a, b in linked.nonzero().tolist():
+            person[root(a)] = root(b)
+        groups = torch.tensor([root(face) for face in range(len(photo))])
+        same = (groups[:, None] == groups[None, :]).to(clean[0])          # (N, N): rows average their person
+        shared = (same.sum(1) > 1)[:, None]
+        return [torch.where(shared, torch.nn.functional.normalize(same @ e, dim=1), e) for e in clean]
 
     def _finish(self, state: dict, widths: Tensor | None) -> "AttackResult":
         """The attack's result for the faces still in the batch, from its final state."""
