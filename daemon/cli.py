@@ -112,6 +112,9 @@ def status(args: argparse.Namespace, config: DaemonConfig) -> int:
           f"{', '.join(health.get('devices', []))}, default preset {health.get('default_preset')}, "
           f"{health.get('queued')} queued, {health.get('running')} running, "
           f"{health.get('connections')} connections")
+    budgets = health.get("face_budget") or {}
+    if budgets:
+        print("faces per attack batch: " + ", ".join(f"{device} {faces}" for device, faces in budgets.items()))
     return EXIT_OK
 
 

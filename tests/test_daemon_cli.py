@@ -8,10 +8,12 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
 from lowkey_daemon import cli
+from lowkey_engine.batching import BUDGET_CANDIDATES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,6 +70,13 @@ def test_serve_then_status_then_terminate(config_dir, capsys):
         assert cli.main(["status", "--port", str(port)]) == cli.EXIT_OK
         report = capsys.readouterr().out
         assert "running at" in report and "devices cpu" in report
+        deadline = time.monotonic() + 300               # the worker measures its face budget first
+        while "faces per attack batch: cpu " not in report and time.monotonic() < deadline:
+            time.sleep(1)
+            cli.main(["status", "--port", str(port)])
+            report = capsys.readouterr().out
+        budget = int(report.split("faces per attack batch: cpu ")[1].split()[0])
+        assert budget in BUDGET_CANDIDATES
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
     finally:
