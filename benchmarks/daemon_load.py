@@ -241,13 +241,18 @@ def main() -> None:
             daemon.wait(timeout=60)
 
     results.update({"start_s": start_s, "device": args.device, "steps": args.steps,
-                    "torch_threads": args.torch_threads, "clients": args.clients,
-                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                    "torch_threads": args.torch_threads, "clients": args.clients})
+    report(results, f"daemon-load-{args.device}.json", summary)
+
+
+def report(results: dict, name: str, summarise) -> None:
+    """Add the machine and its load to `results`, write them to results/`name`, print the summary."""
+    results.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                     "load_average": os.getloadavg()})
-    out = HERE / "results" / f"daemon-load-{args.device}.json"
+    out = HERE / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(summary(results))
+    print(summarise(results))
     print(f"\nwrote {out}")
 
 
@@ -347,7 +352,7 @@ def album_benchmark(args) -> None:
                 daemon, port = start_album_daemon(folder, args, extra.format(face_budget=args.face_budget))
                 daemons[name] = (daemon, port, (folder / "pairing-token").read_text().strip())
                 health[name] = asyncio.run(face_budget_known(port))
-            for name, (_, port, token) in daemons.items():   # warm-up
+            for _, port, token in daemons.values():   # warm-up
                 asyncio.run(send_album(port, token, photos, args.album_preset, "warm"))
             for round_index in range(args.rounds):
                 for name, (_, port, token) in daemons.items():
@@ -359,14 +364,8 @@ def album_benchmark(args) -> None:
                 daemon.wait(timeout=60)
     results = {"album": [f"{folder}/{name}" for folder, name in ALBUM], "preset": args.album_preset,
                "device": args.device, "torch_threads": args.torch_threads, "rounds": rounds,
-               "face_budget": {name: h.get("face_budget") for name, h in health.items()},
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-               "load_average": os.getloadavg()}
-    out = HERE / "results" / f"album-{args.device}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(album_summary(results))
-    print(f"\nwrote {out}")
+               "face_budget": {name: h.get("face_budget") for name, h in health.items()}}
+    report(results, f"album-{args.device}.json", album_summary)
 
 
 def album_summary(r: dict) -> str:
