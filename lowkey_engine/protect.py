@@ -230,15 +230,17 @@ class ProtectionEngine:
     def _budget_maps(self, pixels: torch.Tensor, faces, windows, working_size: int, settings: ProtectSettings
                      ) -> tuple[torch.Tensor | None, dict]:
         """The attack's budget maps for `settings.budget_map` (None = uniform) and what was done:
-        stats `budget_map`, and for "jnd" `jnd_faces` (faces with a mesh fit, so a JND map) and
-        `jnd_fallback_faces` (no mesh fit: the uniform budget)."""
+        stats `budget_map`, and for a map from the face mesh ("jnd", "regions") `jnd_faces` (faces
+        with a mesh fit, so a map) and `jnd_fallback_faces` (no mesh fit: the uniform budget)."""
         if settings.budget_map not in BUDGET_MAPS:
             raise ValueError(f"budget_map must be one of {', '.join(BUDGET_MAPS)}, got {settings.budget_map!r}")
         if settings.budget_map == "uniform":
             return None, {"budget_map": "uniform"}
         fits = load_face_mesh(self.device).fit(pixels, faces)
-        maps, meshed = face_budget_maps(pixels, faces, windows, working_size, fits, settings.jnd_normalise)
-        return maps, {"budget_map": "jnd", "jnd_faces": sum(meshed), "jnd_fallback_faces": len(meshed) - sum(meshed)}
+        maps, meshed = face_budget_maps(pixels, faces, windows, working_size, fits, settings.jnd_normalise,
+                                        settings.budget_map)
+        return maps, {"budget_map": settings.budget_map, "jnd_faces": sum(meshed),
+                      "jnd_fallback_faces": len(meshed) - sum(meshed)}
 
 
 def _face_result(face, original: torch.Tensor, protected: torch.Tensor, warped: torch.Tensor,

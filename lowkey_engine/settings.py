@@ -63,7 +63,9 @@ class ProtectSettings:
     # --- the budget map (a just-noticeable-difference budget; attack/jnd.py)
     budget_map: str = "uniform"               # "uniform": every pixel gets the budget above; "jnd": each
                                               # pixel's share from the photo's own texture and luminance and
-                                              # the face mesh's regions (a face without a mesh fit: uniform)
+                                              # the face mesh's regions (a face without a mesh fit: uniform);
+                                              # "regions": the mesh's regions alone (the eyes, lip edges, the
+                                              # zone between the brows and under the eyes get a small share)
     jnd_normalise: str = "p95"                # "p95": the map's 95th percentile over the face box is 1 (the
                                               # face ΔE2000 p95 stays comparable); "mean": its mean is 1
     # --- expectation over what social sites do to uploads (applied at random each step)

@@ -187,6 +187,21 @@ def test_jnd_map_normalisations_hold_over_the_face_box(jnd_face):
         face_budget_maps(pixels, faces, windows, JND_WORKING_SIZE, fits, how="median")
 
 
+def test_the_regions_map_keeps_the_whole_budget_on_skin_and_a_small_share_where_expressions_show(jnd_face):
+    from lowkey_engine.attack.jnd import REGION_WEIGHTS, face_budget_maps
+
+    _, masks, _, _, (pixels, faces, windows, fits) = jnd_face
+    maps, meshed = face_budget_maps(pixels, faces, windows, JND_WORKING_SIZE, fits, kind="regions")
+    m = maps[0]
+    assert meshed == [True] and float(m.max()) == 1.0 and float(m.min()) >= min(REGION_WEIGHTS.values()) - 1e-6
+    cheek = masks["skin"] * (1 - masks["nose"]) * (1 - masks["brow_furrow"]) * (1 - masks["under_eyes"]) \
+        * (1 - masks["lip_edge"]) * (1 - masks["eyes"]) * (1 - masks["lips"])
+    assert _mean_over(m, cheek) > 0.95
+    assert _mean_over(m, masks["brow_furrow"]) < 0.5 and _mean_over(m, masks["under_eyes"]) < 0.5
+    with pytest.raises(ValueError, match="budget map"):
+        face_budget_maps(pixels, faces, windows, JND_WORKING_SIZE, fits, kind="uniform")
+
+
 def test_a_face_without_a_mesh_fit_keeps_the_uniform_budget(jnd_face):
     from lowkey_engine.attack.jnd import face_budget_maps
 

@@ -43,8 +43,10 @@ from .crops import CropWindow, extract
 from .regions import region_masks
 from .transforms import gaussian_blur
 
-#: ProtectSettings.budget_map values: the uniform budget, or this module's map.
-BUDGET_MAPS = ("uniform", "jnd")
+#: ProtectSettings.budget_map values: the uniform budget; this module's map; or its region weights
+#: alone (`regions`: the eyes, lip edges, the zone between the brows and under the eyes get their
+#: small share of the budget, every other pixel all of it, no masking and no normalisation).
+BUDGET_MAPS = ("uniform", "jnd", "regions")
 JND_NORMALISATIONS = ("p95", "mean")
 #: Texture window (Gaussian sigma), working-crop pixels: about one patch of the change's scale.
 TEXTURE_SIGMA = 1.5
@@ -137,26 +139,33 @@ MAX_DETAIL = 4
 
 
 def face_budget_maps(photo: Tensor, faces: Sequence[Face], windows: Sequence[CropWindow], working_size: int,
-                     fits: Sequence[MeshFit | None], how: str = "p95") -> tuple[Tensor, list[bool]]:
+                     fits: Sequence[MeshFit | None], how: str = "p95", kind: str = "jnd"
+                     ) -> tuple[Tensor, list[bool]]:
     """The budget maps of every face's working crop, (F, 1, S, S), and which faces got one.
 
     photo (3, H, W) in [0, 1]; faces, their crop windows (crops.working_crops) and mesh fits
-    (faces.mesh.FaceMesh.fit), one each. A face without a mesh fit (None) gets the uniform map
-    (all ones): today's budget, reported as False."""
+    (faces.mesh.FaceMesh.fit), one each; kind "jnd" (the whole map, normalised `how`) or
+    "regions" (region_weight alone). A face without a mesh fit (None) gets the uniform map (all
+    ones): today's budget, reported as False."""
+    if kind not in BUDGET_MAPS[1:]:
+        raise ValueError(f"a budget map is one of {', '.join(BUDGET_MAPS[1:])}, got {kind!r}")
     maps, meshed = [], []
     for face, window, fit in zip(faces, windows, fits):
         if fit is None:
             maps.append(photo.new_ones(1, working_size, working_size))
             meshed.append(False)
             continue
+        points = window.to_working(fit.xy.to(photo.device), working_size)
+        meshed.append(True)
+        if kind == "regions":
+            maps.append(region_weight(region_masks(points, (working_size, working_size))))
+            continue
         pixels, _ = extract(photo, window)
         detail = min(window.side, MAX_DETAIL * working_size)
         if detail < window.side:
             pixels = F.interpolate(pixels[None], size=(detail, detail), mode="area")[0]
-        points = window.to_working(fit.xy.to(photo.device), working_size)
         box = window.to_working(photo.new_tensor(face.box).view(2, 2), working_size)
         maps.append(jnd_scale(pixels, points, working_size, box_mask(box, working_size), how))
-        meshed.append(True)
     return torch.stack(maps), meshed
 
 
