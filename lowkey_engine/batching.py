@@ -125,7 +125,8 @@ def measure_face_budget(settings: ProtectSettings, *, candidates: Sequence[int] 
     for faces in sorted(candidates):
         crops = (torch.rand(faces, 3, size, size, generator=generator) * 0.4 + 0.3).to(engine.device)
         photo = PhotoFaces(crops, template.expand(faces, 5, 2).to(engine.device),
-                           feather_mask(size, settings.feather, engine.device).expand(faces, 1, size, size))
+                           feather_mask(size, settings.feather, engine.device).expand(faces, 1, size, size),
+                           torch.full((faces,), float(settings.working_face_px), device=engine.device))
         try:
             attack.run_photos([photo])                 # warm-up: the kernels for this batch size
             _synchronise(engine.device)

@@ -46,12 +46,12 @@ class ProtectSettings:
     # --- geometry: a landmark-guided warp beside the additive change, with its own budget (attack/
     # warp.py GuidedWarp, face_parts.py): the nose, mouth and cheeks move, eyes, brows and the face's
     # outline hold still; the additive change's budget and penalties are measured after the warp.
-    warp_face_share: float = 0.0              # longest displacement, share of the face's width (0.01 =
-                                              # 1 %); 0 = none. Uses warp_grid; excludes warp_px
+    warp_face_share: float = 0.02             # longest displacement, share of the face's width (0.02 =
+                                              # 2 %); 0 = none. Uses warp_grid; excludes warp_px
     member_focus: float | None = None         # None: the members' distances are averaged; a temperature
                                               # (squared-distance units, 0-8): their soft minimum, so the
                                               # members that still recognize the face weigh most
-    identity_centre: bool = False             # True: push each face away from the centre of the faces of
+    identity_centre: bool = True              # True: push each face away from the centre of the faces of
     identity_link_cosine: float = 0.45        # its person among the photos attacked together (an album;
                                               # same person: mean clean cosine over the members at least
                                               # this, faces of other photos), not only from its own clean
@@ -109,10 +109,12 @@ PRESETS: dict[str, ProtectSettings] = {
     # About as fast as the engine goes (15 steps); the same visibility limits as standard.
     "fast": ProtectSettings(preset="fast", steps=15, step_size=0.012),
     # The default: four surrogates, a lightness-only change with each pixel within CIEDE2000 2.6
-    # of the original, SSIM and smooth lighter/darker patches (shading) penalised.
+    # of the original, SSIM and smooth lighter/darker patches (shading) penalised; the nose, mouth
+    # and cheeks moved by at most 2 % of the face's width; in an album, each photo of a person
+    # pushed from that person's centre (docs/research.md, 2026-12-07: what each bought).
     "standard": ProtectSettings(preset="standard"),
-    # For people who prefer protection: a looser cap (3.0), lighter penalties, more steps; the
-    # change shows on close inspection (README: its measured visibility).
+    # For people who prefer protection: a looser cap (3.0), lighter penalties, more steps and a
+    # 3 % warp; the change shows on close inspection (README: its measured visibility).
     "strong": ProtectSettings(preset="strong", steps=40, delta_e_cap=3.0, penalty_weight=40.0,
-                              shading_weight=0.375),
+                              shading_weight=0.375, warp_face_share=0.03),
 }

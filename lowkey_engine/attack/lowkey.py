@@ -111,8 +111,10 @@ class PhotoFaces:
 @dataclass
 class LowKeyAttack:
     """Signed-gradient LowKey attack. Knobs mean what `ProtectSettings`' fields of the same
-    names mean (settings.py); their defaults are the `standard` preset's. `shading_sigma` (crop
-    pixels) is the shading penalty's blur: SHADING_SIGMA_PER_FACE of the working face's width."""
+    names mean (settings.py); their defaults are the `standard` preset's, but for the guided warp
+    (`warp_face_share`, off here): it needs each face's width, which the engine knows and passes
+    with the preset's share (from_settings). `shading_sigma` (crop pixels) is the shading
+    penalty's blur: SHADING_SIGMA_PER_FACE of the working face's width."""
 
     recognizers: Sequence[Recognizer]
     _: KW_ONLY
@@ -142,7 +144,7 @@ class LowKeyAttack:
     member_focus: float | None = _DEFAULTS.member_focus
     smooth_every_view: bool = _DEFAULTS.smooth_every_view
     warp_px: float = _DEFAULTS.warp_px
-    warp_face_share: float = _DEFAULTS.warp_face_share
+    warp_face_share: float = 0.0
     warp_grid: int = _DEFAULTS.warp_grid
     diversity: str = _DEFAULTS.diversity
     diversity_probability: float = _DEFAULTS.diversity_probability
@@ -340,7 +342,9 @@ class LowKeyAttack:
         from its own generator seeded with `seed`, and every term of the objective is per face, so
         a photo's protection does not depend on the other photos in its batch: batched, it is what
         it is alone, up to the last bits of floating point that batch sizes change in the
-        convolutions (which the signed steps may amplify into a level here and there).
+        convolutions (which the signed steps may amplify into a level here and there). The one
+        exception is deliberate: with `identity_centre`, photos of the same person in the batch
+        share that person's centre as their target.
         All photos share the crop size S and must all give `budget_scale`, or none.
         """
         if not photos:
