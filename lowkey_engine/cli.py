@@ -182,8 +182,10 @@ def _protect(args: argparse.Namespace) -> int:
     def progress_of(index: int):
         def progress(stage: str, done: int, total: int) -> None:     # photo `index`'s own bar
             if stage == "attack":
-                bar = bars.setdefault(index, tqdm(total=total, desc=todo[index][0].name, unit="step",
-                                                  leave=False, disable=args.quiet))
+                if index not in bars:              # (not setdefault: that would open a bar every call)
+                    bars[index] = tqdm(total=total, desc=todo[index][0].name, unit="step", leave=False,
+                                       disable=args.quiet)
+                bar = bars[index]
                 bar.n = done
                 bar.refresh()
         return progress
