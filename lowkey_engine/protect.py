@@ -28,6 +28,7 @@ from PIL import Image
 from torch.profiler import record_function
 
 from .attack.lowkey import AttackResult, LowKeyAttack, PhotoFaces, ProgressCallback
+from .attack.budget import face_size_factors
 from .attack.crops import CropWindow, apply_changes, widths_in_crops, working_crops
 from .attack.jnd import BUDGET_MAPS, face_budget_maps
 from .images.decode import DecodedImage, decode_image
@@ -172,6 +173,7 @@ class ProtectionEngine:
                 pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
                 feather=settings.feather)
             budget_scale, photo.stats = self._budget_maps(pixels, faces, photo.windows, working_size, settings)
+            budget_scale = _with_face_sizes(budget_scale, boxes[:, 2] - boxes[:, 0], working_size, settings)
         widths = widths_in_crops(boxes, photo.windows, working_size)
         photo.attack_input = PhotoFaces(crops, crop_landmarks, masks, widths, budget_scale, report)
         return photo
@@ -241,6 +243,19 @@ class ProtectionEngine:
                                         settings.budget_map)
         return maps, {"budget_map": settings.budget_map, "jnd_faces": sum(meshed),
                       "jnd_fallback_faces": len(meshed) - sum(meshed)}
+
+
+def _with_face_sizes(budget_scale: torch.Tensor | None, face_widths_px: torch.Tensor, working_size: int,
+                     settings: ProtectSettings) -> torch.Tensor | None:
+    """The budget map (N, 1, S, S) times each face's size factor (attack/budget.py); unchanged
+    when every face gets the whole budget."""
+    factors = face_size_factors(face_widths_px, settings.full_budget_face_px, settings.budget_size_exponent)
+    if factors is None:
+        return budget_scale
+    factors = factors.view(-1, 1, 1, 1)
+    if budget_scale is None:
+        return factors.expand(-1, 1, working_size, working_size).contiguous()
+    return budget_scale * factors
 
 
 def _face_result(face, original: torch.Tensor, protected: torch.Tensor, warped: torch.Tensor,

@@ -68,6 +68,10 @@ class ProtectSettings:
                                               # zone between the brows and under the eyes get a small share)
     jnd_normalise: str = "p95"                # "p95": the map's 95th percentile over the face box is 1 (the
                                               # face ΔE2000 p95 stays comparable); "mean": its mean is 1
+    full_budget_face_px: float | None = None  # faces up to this wide (photo pixels) get the whole budget; a
+    budget_size_exponent: float = 0.5         # wider one (full_budget_face_px / width) ** exponent of it
+                                              # (attack/budget.py: large faces show the change's patches
+                                              # larger); None = every face the whole budget
     # --- expectation over what social sites do to uploads (applied at random each step)
     robust: bool = True
     jpeg_quality: tuple[int, int] = (60, 90)

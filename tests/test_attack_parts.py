@@ -265,6 +265,18 @@ def test_a_photo_attacked_in_a_batch_is_attacked_as_it_is_alone(knobs):
     assert not torch.equal(first, second)
 
 
+def test_a_photo_with_a_budget_map_and_one_without_share_a_batch_as_they_are_alone():
+    # a large face's size factor (or a JND map) gives its photo a budget map; a photo of small
+    # faces beside it has none and keeps its uniform budget
+    attack = LowKeyAttack([PooledPixels()], steps=4)
+    mapped, plain = stand_in_photos(2, 1)
+    mapped.budget_scale = torch.full((2, 1, 96, 96), 0.5)
+    together = attack.run_photos([mapped, plain])
+    for photo, batched in zip((mapped, plain), together):
+        assert torch.equal(attack.run_photos([photo])[0].change, batched.change)
+    assert together[0].additive.abs().max() < together[1].additive.abs().max()
+
+
 def test_a_photo_whose_progress_raises_leaves_the_batch_and_the_others_go_on():
     attack = LowKeyAttack([PooledPixels()], steps=4)
     photos = stand_in_photos(1, 2, 1)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lowkey_engine.attack.lowkey import LowKeyAttack
-from lowkey_engine.attack.budget import PerceptualBudget, local_contrast, luma
+from lowkey_engine.attack.budget import PerceptualBudget, face_size_factors, local_contrast, luma
 from lowkey_engine.attack.colour import delta_e2000
 
 
@@ -244,3 +244,13 @@ def test_the_attack_keeps_its_change_within_a_budget_map(synthetic_attack_inputs
     change = attack(crops, landmarks, mask, budget_scale=scale)
     assert change[..., :56].abs().max() <= 0.005 + 1e-6
     assert change[..., 56:].abs().max() > 0.01
+
+
+def test_faces_wider_than_the_reference_get_a_budget_shrinking_with_their_width():
+    widths = torch.tensor([100.0, 200.0, 400.0, 800.0])
+    torch.testing.assert_close(face_size_factors(widths, 200.0, 0.5), torch.tensor([1.0, 1.0, 0.5 ** 0.5, 0.5]))
+    torch.testing.assert_close(face_size_factors(widths, 200.0, 1.0), torch.tensor([1.0, 1.0, 0.5, 0.25]))
+    assert face_size_factors(widths, None, 0.5) is None            # off
+    assert face_size_factors(widths, 1000.0, 0.5) is None          # no face is that wide
+    with pytest.raises(ValueError):
+        face_size_factors(widths, 0.0, 0.5)

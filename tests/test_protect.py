@@ -165,3 +165,20 @@ def test_cli_refuses_to_overwrite_an_input(tmp_path, portrait, capsys):
     assert lowkey(["protect", str(photo), "-o", str(photo), "--preset", "fast", "-q"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert photo.read_bytes() == portrait
+
+
+def test_a_large_face_gets_the_smaller_budget_its_size_calls_for(faces_dir):
+    # a portrait's face is several hundred pixels wide: with the whole budget reserved for faces up
+    # to a quarter of its width (exponent 1), its additive change's ΔE2000 shrinks to about a quarter
+    source = (faces_dir / "photos-deepface" / "person01" / "img2.jpg").read_bytes()
+    settings = ProtectSettings.from_preset("fast", steps=4, device="cpu", warp_face_share=0.0)
+    whole = protect(source, settings).faces[0]
+    face_px = whole.box[2] - whole.box[0]
+    assert face_px > 200
+    shrunk = protect(source, settings.replace(full_budget_face_px=face_px / 4, budget_size_exponent=1.0)).faces[0]
+    assert whole.additive_delta_e_p95 > 0.8 * settings.delta_e_cap
+    assert shrunk.additive_delta_e_p95 <= 0.3 * 1.1 * settings.delta_e_cap
+    assert shrunk.additive_delta_e_p95 > 0.1 * settings.delta_e_cap        # still a change, not none
+    # a face below the reference keeps the whole budget, bit for bit
+    untouched = protect(source, settings.replace(full_budget_face_px=2 * face_px))
+    assert untouched.data == protect(source, settings).data

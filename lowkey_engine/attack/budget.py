@@ -20,6 +20,10 @@ changes and low-texture changes long before SSIM does. Two knobs shape the chang
 
 - a budget *map* (`scale`, e.g. the just-noticeable-difference map of jnd.py): every pixel's
   limits, and its ΔE2000 cap, multiplied by a per-pixel factor (N, 1, S, S); None = uniform.
+- a face's *size* (`face_size_factors`): the change is made at the working crop's resolution
+  (about 128 px a face) and enlarged onto the photo, so on a 400 px face its patches are three
+  times larger, at the spatial frequencies the eye sees best. Faces wider than a reference get a
+  smaller budget, as a factor multiplied into the map.
 
 Images are NCHW RGB in [0, 1]; a change is (N, 1, S, S) for luma and (N, 3, S, S) for RGB,
 in [0, 1] pixel units.
@@ -147,3 +151,17 @@ class PerceptualBudget:
             difference = delta_e2000(crops, crops + mask * change).to(change.dtype)[:, None]
             change = change * (cap / difference.clamp_min(1e-6)).clamp(max=1.0)
         return change
+
+
+def face_size_factors(face_widths_px: Tensor, full_budget_face_px: float | None, exponent: float) -> Tensor | None:
+    """(N,) each face's budget factor in (0, 1]: 1 for a face up to `full_budget_face_px` wide
+    (photo pixels), (full_budget_face_px / width) ** exponent for a wider one. None when
+    `full_budget_face_px` is None or no face is wider (every face gets the whole budget)."""
+    if full_budget_face_px is None:
+        return None
+    if full_budget_face_px <= 0 or exponent < 0:
+        raise ValueError(f"full_budget_face_px must be > 0 and the exponent >= 0, got "
+                         f"{full_budget_face_px} and {exponent}")
+    if not bool((face_widths_px > full_budget_face_px).any()):
+        return None
+    return (full_budget_face_px / face_widths_px.clamp(min=full_budget_face_px)) ** exponent

@@ -345,12 +345,11 @@ class LowKeyAttack:
         convolutions (which the signed steps may amplify into a level here and there). The one
         exception is deliberate: with `identity_centre`, photos of the same person in the batch
         share that person's centre as their target.
-        All photos share the crop size S and must all give `budget_scale`, or none.
+        All photos share the crop size S; a photo without a `budget_scale` beside photos with one
+        gets the uniform map (ones), which changes nothing of its protection.
         """
         if not photos:
             return []
-        if len({p.budget_scale is None for p in photos}) > 1:
-            raise ValueError("give every photo of a batch a budget map, or none")
         device = photos[0].crops.device
         batch = _PhotoBatch(self.seed, [p.count for p in photos], [p.progress for p in photos])
         crops = torch.cat([p.crops for p in photos]).detach()
@@ -362,8 +361,9 @@ class LowKeyAttack:
             clean = [r.embed(crops, landmarks) for r in self.recognizers]
             if self.identity_centre:
                 clean = self._identity_centres(clean, batch)
-            scale = None if photos[0].budget_scale is None else torch.cat(
-                [p.budget_scale for p in photos]).detach().to(crops)
+            scale = None if all(p.budget_scale is None for p in photos) else torch.cat(
+                [torch.ones_like(p.crops[:, :1]) if p.budget_scale is None else p.budget_scale
+                 for p in photos]).detach().to(crops)
             limits = budget.limits(crops, scale)
             reach = warp.reach(landmarks, mask, widths) if warp.enabled else None
         start = torch.cat([torch.rand((count, budget.channels, *crops.shape[-2:]), generator=generator)
