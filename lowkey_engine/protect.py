@@ -233,16 +233,22 @@ class ProtectionEngine:
                      ) -> tuple[torch.Tensor | None, dict]:
         """The attack's budget maps for `settings.budget_map` (None = uniform) and what was done:
         stats `budget_map`, and for a map from the face mesh ("jnd", "regions") `jnd_faces` (faces
-        with a mesh fit, so a map) and `jnd_fallback_faces` (no mesh fit: the uniform budget)."""
+        with a mesh fit, so a map), `jnd_fallback_faces` (no mesh fit: the uniform budget) and
+        `jnd_small_faces` (narrower than `budget_map_min_face_px`: the uniform budget, by choice)."""
         if settings.budget_map not in BUDGET_MAPS:
             raise ValueError(f"budget_map must be one of {', '.join(BUDGET_MAPS)}, got {settings.budget_map!r}")
         if settings.budget_map == "uniform":
             return None, {"budget_map": "uniform"}
-        fits = load_face_mesh(self.device).fit(pixels, faces)
+        mapped = [i for i, face in enumerate(faces) if face.box[2] - face.box[0] >= settings.budget_map_min_face_px]
+        stats = {"budget_map": settings.budget_map, "jnd_small_faces": len(faces) - len(mapped)}
+        if not mapped:
+            return None, {**stats, "jnd_faces": 0, "jnd_fallback_faces": 0}
+        fits: list = [None] * len(faces)
+        for index, fit in zip(mapped, load_face_mesh(self.device).fit(pixels, [faces[i] for i in mapped])):
+            fits[index] = fit
         maps, meshed = face_budget_maps(pixels, faces, windows, working_size, fits, settings.jnd_normalise,
                                         settings.budget_map)
-        return maps, {"budget_map": settings.budget_map, "jnd_faces": sum(meshed),
-                      "jnd_fallback_faces": len(meshed) - sum(meshed)}
+        return maps, {**stats, "jnd_faces": sum(meshed), "jnd_fallback_faces": len(mapped) - sum(meshed)}
 
 
 def _with_face_sizes(budget_scale: torch.Tensor | None, face_widths_px: torch.Tensor, working_size: int,

@@ -68,6 +68,8 @@ class ProtectSettings:
                                               # zone between the brows and under the eyes get a small share)
     jnd_normalise: str = "p95"                # "p95": the map's 95th percentile over the face box is 1 (the
                                               # face ΔE2000 p95 stays comparable); "mean": its mean is 1
+    budget_map_min_face_px: float = 0.0       # the map applies to faces at least this wide (photo pixels);
+                                              # narrower faces, whose detail nobody sees, keep the uniform budget
     full_budget_face_px: float | None = None  # faces up to this wide (photo pixels) get the whole budget; a
     budget_size_exponent: float = 0.5         # wider one (full_budget_face_px / width) ** exponent of it
                                               # (attack/budget.py: large faces show the change's patches

@@ -182,3 +182,15 @@ def test_a_large_face_gets_the_smaller_budget_its_size_calls_for(faces_dir):
     # a face below the reference keeps the whole budget, bit for bit
     untouched = protect(source, settings.replace(full_budget_face_px=2 * face_px))
     assert untouched.data == protect(source, settings).data
+
+
+def test_a_budget_map_reaches_only_faces_as_wide_as_its_threshold(faces_dir):
+    source = (faces_dir / "photos-deepface" / "person01" / "img2.jpg").read_bytes()
+    settings = CHEAP.replace(budget_map="regions")
+    mapped = protect(source, settings)
+    assert (mapped.stats["jnd_faces"], mapped.stats["jnd_small_faces"]) == (1, 0)
+    face_px = mapped.faces[0].box[2] - mapped.faces[0].box[0]
+    skipped = protect(source, settings.replace(budget_map_min_face_px=face_px + 1))
+    assert (skipped.stats["jnd_faces"], skipped.stats["jnd_small_faces"]) == (0, 1)
+    assert skipped.data == protect(source, CHEAP).data          # the uniform budget, bit for bit
+    assert mapped.data != skipped.data
