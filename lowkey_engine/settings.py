@@ -114,10 +114,11 @@ class ProtectSettings:
 PRESETS: dict[str, ProtectSettings] = {
     # About as fast as the engine goes (15 steps); the same visibility limits as standard.
     "fast": ProtectSettings(preset="fast", steps=15, step_size=0.012),
-    # The default: four surrogates, a lightness-only change with each pixel within CIEDE2000 2.6
-    # of the original, SSIM and smooth lighter/darker patches (shading) penalised; the nose, mouth
-    # and cheeks moved by at most 2 % of the face's width; in an album, each photo of a person
-    # pushed from that person's centre (docs/research.md, 2026-12-07: what each bought).
+    # The default: five surrogates (EdgeFace-xs the modern one), a lightness-only change with each
+    # pixel within CIEDE2000 2.6 of the original, SSIM and smooth lighter/darker patches (shading)
+    # penalised; the nose, mouth and cheeks moved by at most 2 % of the face's width; in an album,
+    # each photo of a person pushed from that person's centre (docs/research.md, 2026-12-07: what
+    # each bought).
     "standard": ProtectSettings(preset="standard"),
     # For people who prefer protection: a looser cap (3.0), lighter penalties, more steps and a
     # 3 % warp; the change shows on close inspection (README: its measured visibility).

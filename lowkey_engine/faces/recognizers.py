@@ -105,8 +105,11 @@ SPECS: dict[str, RecognizerSpec] = {
         RecognizerSpec("mfn-casia", 112, ARCFACE_TEMPLATE_112, 128, mean=127.5, std=127.5,
                        in_default_ensemble=True),
         # EdgeFace-xs (Idiap; EdgeNeXt, WebFace12M): upstream standardises (x / 255 - 0.5) / 0.5.
-        # Not attacked by default: the modern recognizer that measures transfer.
-        RecognizerSpec("edgeface-xs", 112, ARCFACE_TEMPLATE_112, 512, mean=127.5, std=127.5),
+        # The one modern surrogate: attacked, it carries the change to recognizers of other
+        # families (docs/research.md, 2026-12-07, t29); `--leave-one-out edgeface-xs` measures
+        # how the other four transfer to it.
+        RecognizerSpec("edgeface-xs", 112, ARCFACE_TEMPLATE_112, 512, mean=127.5, std=127.5,
+                       in_default_ensemble=True),
         # facenet-pytorch (upstream weights only): fixed standardisation = the default mean/std.
         RecognizerSpec("facenet-vggface2", 160, scaled_template(ARCFACE_TEMPLATE_112, 160 / 112), 512),
         RecognizerSpec("facenet-casia", 160, scaled_template(ARCFACE_TEMPLATE_112, 160 / 112), 512),
