@@ -106,8 +106,8 @@ SPECS: dict[str, RecognizerSpec] = {
                        in_default_ensemble=True),
         # EdgeFace-xs (Idiap; EdgeNeXt, WebFace12M): upstream standardises (x / 255 - 0.5) / 0.5.
         # The one modern surrogate: attacked, it carries the change to recognizers of other
-        # families (docs/research.md, 2026-12-07, t29); `--leave-one-out edgeface-xs` measures
-        # how the other four transfer to it.
+        # families (docs/research.md, 2026-12-07, t29); held out (`lowkey eval --ensemble` of the
+        # other four, or `--leave-one-out` over all five) it measures how they transfer to it.
         RecognizerSpec("edgeface-xs", 112, ARCFACE_TEMPLATE_112, 512, mean=127.5, std=127.5,
                        in_default_ensemble=True),
         # facenet-pytorch (upstream weights only): fixed standardisation = the default mean/std.
