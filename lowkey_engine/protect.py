@@ -172,8 +172,10 @@ class ProtectionEngine:
             photo.windows, crops, crop_landmarks, masks = working_crops(
                 pixels, boxes, landmarks, margin=settings.crop_margin, working_size=working_size,
                 feather=settings.feather)
-            budget_scale, photo.stats = self._budget_maps(pixels, faces, photo.windows, working_size, settings)
-            budget_scale = _with_face_sizes(budget_scale, boxes[:, 2] - boxes[:, 0], working_size, settings)
+            face_widths_px = boxes[:, 2] - boxes[:, 0]
+            budget_scale, photo.stats = self._budget_maps(pixels, faces, face_widths_px, photo.windows, working_size,
+                                                          settings)
+            budget_scale = _with_face_sizes(budget_scale, face_widths_px, working_size, settings)
         widths = widths_in_crops(boxes, photo.windows, working_size)
         photo.attack_input = PhotoFaces(crops, crop_landmarks, masks, widths, budget_scale, report)
         return photo
@@ -229,8 +231,8 @@ class ProtectionEngine:
                          time.perf_counter() - photo.started, str(self.device), settings.preset,
                          photo_psnr=float(psnr(protected[None], pixels[None])[0]), stats=photo.stats)
 
-    def _budget_maps(self, pixels: torch.Tensor, faces, windows, working_size: int, settings: ProtectSettings
-                     ) -> tuple[torch.Tensor | None, dict]:
+    def _budget_maps(self, pixels: torch.Tensor, faces, face_widths_px: torch.Tensor, windows, working_size: int,
+                     settings: ProtectSettings) -> tuple[torch.Tensor | None, dict]:
         """The attack's budget maps for `settings.budget_map` (None = uniform) and what was done:
         stats `budget_map`, and for a map from the face mesh ("jnd", "regions") `jnd_faces` (faces
         with a mesh fit, so a map), `jnd_fallback_faces` (no mesh fit: the uniform budget) and
@@ -239,7 +241,7 @@ class ProtectionEngine:
             raise ValueError(f"budget_map must be one of {', '.join(BUDGET_MAPS)}, got {settings.budget_map!r}")
         if settings.budget_map == "uniform":
             return None, {"budget_map": "uniform"}
-        mapped = [i for i, face in enumerate(faces) if face.box[2] - face.box[0] >= settings.budget_map_min_face_px]
+        mapped = [i for i, width in enumerate(face_widths_px.tolist()) if width >= settings.budget_map_min_face_px]
         stats = {"budget_map": settings.budget_map, "jnd_small_faces": len(faces) - len(mapped)}
         if not mapped:
             return None, {**stats, "jnd_faces": 0, "jnd_fallback_faces": 0}

@@ -172,7 +172,8 @@ def test_a_large_face_gets_the_smaller_budget_its_size_calls_for(faces_dir):
     # to a quarter of its width (exponent 1), its additive change's ΔE2000 shrinks to about a quarter
     source = (faces_dir / "photos-deepface" / "person01" / "img2.jpg").read_bytes()
     settings = ProtectSettings.from_preset("fast", steps=4, device="cpu", warp_face_share=0.0)
-    whole = protect(source, settings).faces[0]
+    whole_photo = protect(source, settings)
+    whole = whole_photo.faces[0]
     face_px = whole.box[2] - whole.box[0]
     assert face_px > 200
     shrunk = protect(source, settings.replace(full_budget_face_px=face_px / 4, budget_size_exponent=1.0)).faces[0]
@@ -181,7 +182,7 @@ def test_a_large_face_gets_the_smaller_budget_its_size_calls_for(faces_dir):
     assert shrunk.additive_delta_e_p95 > 0.1 * settings.delta_e_cap        # still a change, not none
     # a face below the reference keeps the whole budget, bit for bit
     untouched = protect(source, settings.replace(full_budget_face_px=2 * face_px))
-    assert untouched.data == protect(source, settings).data
+    assert untouched.data == whole_photo.data
 
 
 def test_a_budget_map_reaches_only_faces_as_wide_as_its_threshold(faces_dir):
